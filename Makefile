@@ -1,0 +1,45 @@
+# `make lab`  : set everything up, then start JupyterLab on notebooks/ (the main job)
+# `make test` : set everything up, then run the whole test suite
+# Setup is idempotent: a stamp file makes a second run skip the installs.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Pinned so that a machine with a local CPU wheel of it (like our CI) uses that; on a normal machine pip
+# takes this release from PyPI (CUDA build on Linux, MPS build on macOS). Override, e.g.
+#   make lab TORCH="torch --index-url https://download.pytorch.org/whl/cu124"
+TORCH  ?= torch==2.13.0
+PORT   ?= 8888
+PYTEST_ARGS ?=
+
+STAMP := $(VENV)/.sdlab-installed
+
+.PHONY: setup lab test kernel browser clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(TORCH)
+	$(PY) -m pip install -e '.[test]'
+	$(PY) -m ipykernel install --sys-prefix --name sdlab --display-name "Python (sdlab)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+kernel: $(STAMP)
+	$(PY) -m ipykernel install --user --name sdlab --display-name "Python (sdlab)"
+
+# Debian's Chromium for the end-to-end test (never a browser download).
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "note: could not install chromium; the browser test will be skipped"; }
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT)
+
+test: $(STAMP) browser
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

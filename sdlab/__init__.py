@@ -1,0 +1,30 @@
+"""sdlab: explore Stable Diffusion interactively in Jupyter.
+
+Core (no widgets, no plots): models, schedules, samplers, generation, previews.
+Views (build on the core): widgets, plots.
+"""
+from __future__ import annotations
+
+from .models import (
+    DEFAULT_MODEL,
+    Lab,
+    LoadError,
+    ModelNotAvailable,
+    ModelUnloadedError,
+    UnsafeCheckpointError,
+    UnsupportedModelError,
+    load,
+    loaded,
+    max_resident,
+    set_max_resident,
+    unload,
+)
+from .notices import SdlabNotice, SdlabWarning
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL", "Lab", "LoadError", "ModelNotAvailable", "ModelUnloadedError", "SdlabNotice",
+    "SdlabWarning", "UnsafeCheckpointError", "UnsupportedModelError", "load", "loaded", "max_resident",
+    "set_max_resident", "unload", "__version__",
+]

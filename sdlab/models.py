@@ -1,0 +1,455 @@
+"""Loading Stable Diffusion pipelines once and keeping them resident in the kernel.
+
+``load()`` returns a :class:`Lab`, a handle around the diffusers pipeline (``lab.pipe``). Handles are
+cached in this process, keyed by (source, device, dtype, variant): running a notebook's load cell
+again returns the very same object without touching the disk.
+
+Residency policy: at most ``max_resident()`` models stay loaded (default 2, or ``$SDLAB_MAX_RESIDENT``;
+change it with ``set_max_resident(n)``). Loading one more unloads the least recently used first, with a
+notice, *before* the new weights are read, so that two large models never have to fit on a GPU at once.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from . import devices
+from .notices import notice
+from .tiny import build_tiny_pipeline
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+TINY = "tiny"
+Family = Literal["sd1", "sd2", "sdxl"]
+SourceKind = Literal["tiny", "hub", "folder", "single_file"]
+
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
+SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
+# Keyword arguments that would run code from the model's repository: never passed on.
+_REMOTE_CODE_KWARGS = {"custom_pipeline", "trust_remote_code", "custom_revision"}
+
+
+class LoadError(ValueError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+class ModelNotAvailable(LoadError):
+    """The model is neither cached locally nor downloadable right now."""
+
+
+class UnsafeCheckpointError(LoadError):
+    """A pickle checkpoint was refused because unpickling can run arbitrary code."""
+
+
+class UnsupportedModelError(LoadError):
+    """The weights are not Stable Diffusion 1.x, 2.x or SDXL."""
+
+
+class ModelUnloadedError(RuntimeError):
+    """The handle's model was unloaded with sdlab.unload()."""
+
+
+@dataclass(eq=False)
+class Lab:
+    """A loaded Stable Diffusion model. ``lab.pipe`` is the diffusers pipeline itself."""
+
+    source: str
+    kind: SourceKind
+    family: Family
+    device: torch.device
+    dtype: torch.dtype
+    variant: str | None = None
+    requested: str | None = None  # what the user asked for, when sdlab fell back to something else
+    _pipe: Any = field(default=None, repr=False)
+    _default_scheduler: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def pipe(self):
+        if self._pipe is None:
+            raise ModelUnloadedError(
+                f"The model {self.source!r} was unloaded. Load it again with sdlab.load({self.source!r})."
+            )
+        return self._pipe
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._pipe is not None
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.kind == "tiny"
+
+    @property
+    def default_scheduler(self):
+        """The scheduler the model shipped with (a private copy, never modified by sdlab)."""
+        return self._default_scheduler
+
+    @property
+    def prediction_type(self) -> str:
+        return self._default_scheduler.config.get("prediction_type", "epsilon")
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for m in _modules(self._pipe) for p in m.parameters()) if self._pipe else 0
+
+    @property
+    def memory_bytes(self) -> int:
+        if self._pipe is None:
+            return 0
+        return sum(t.numel() * t.element_size() for m in _modules(self._pipe)
+                   for t in (*m.parameters(), *m.buffers()))
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A CPU generator: the same seed gives the same initial noise on every device."""
+        return torch.Generator("cpu").manual_seed(int(seed))
+
+    def __repr__(self) -> str:
+        state = "" if self.is_loaded else ", UNLOADED"
+        extra = ", tiny random weights: images are noise" if self.is_tiny else ""
+        return (f"Lab({self.source!r}, family={self.family!r}, device={str(self.device)!r}, "
+                f"dtype={devices.dtype_name(self.dtype)!r}{extra}{state})")
+
+
+@dataclass(frozen=True)
+class Resident:
+    """One row of ``sdlab.loaded()``."""
+
+    source: str
+    kind: str
+    family: str
+    device: str
+    dtype: str
+    variant: str | None
+    parameters: int
+    memory_bytes: int
+
+    def __str__(self) -> str:
+        return (f"{self.source} [{self.family}] on {self.device} {self.dtype}: "
+                f"{self.parameters / 1e6:.1f} M parameters, {self.memory_bytes / 2**20:.1f} MiB")
+
+
+@dataclass
+class UnloadReport:
+    freed: list[Resident]
+    cuda_bytes_before: int | None = None
+    cuda_bytes_after: int | None = None
+
+    @property
+    def parameters(self) -> int:
+        return sum(r.parameters for r in self.freed)
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(r.memory_bytes for r in self.freed)
+
+    def __str__(self) -> str:
+        if not self.freed:
+            return "Nothing was loaded; nothing to free."
+        lines = [f"Unloaded {len(self.freed)} model(s), {self.memory_bytes / 2**20:.1f} MiB of weights:"]
+        lines += [f"  {r}" for r in self.freed]
+        if self.cuda_bytes_before is not None:
+            lines.append(f"  CUDA memory allocated: {self.cuda_bytes_before / 2**20:.0f} MiB -> "
+                         f"{self.cuda_bytes_after / 2**20:.0f} MiB")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+_Key = tuple[str, str, str, "str | None"]
+_RESIDENT: "OrderedDict[_Key, Lab]" = OrderedDict()
+_REGISTRY_LOCK = threading.RLock()
+_max_resident = int(os.environ.get("SDLAB_MAX_RESIDENT", "2"))
+
+
+def max_resident() -> int:
+    return _max_resident
+
+
+def set_max_resident(n: int) -> None:
+    """At most n models stay loaded; loading one more unloads the least recently used first."""
+    global _max_resident
+    if int(n) < 1:
+        raise ValueError("max_resident must be at least 1.")
+    _max_resident = int(n)
+
+
+def load(model: str | os.PathLike | None = None, *, device: str = "auto", dtype: str | torch.dtype = "auto",
+         variant: str | None = None, allow_pickle: bool = False, offline: bool | None = None,
+         **pipeline_kwargs: Any) -> Lab:
+    """Load a Stable Diffusion model once and keep it resident; return its :class:`Lab` handle.
+
+    model: a hub id ("stable-diffusion-v1-5/stable-diffusion-v1-5"), a local diffusers folder, a single
+      ``.safetensors`` checkpoint, or "tiny" (built-in random weights). None means ``$SDLAB_MODEL`` if
+      set, else ``DEFAULT_MODEL``; if that is not cached and cannot be downloaded, the tiny model is used
+      with a notice.
+    device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps".
+    dtype: "auto" (float16 on CUDA, float32 elsewhere), "float32", "float16", "bfloat16".
+    allow_pickle: load a pickle checkpoint (.ckpt/.pt/.bin). Unpickling can run code: only for files you trust.
+    offline: never contact the hub (default: ``$HF_HUB_OFFLINE``).
+    pipeline_kwargs: passed on to diffusers' from_pretrained / from_single_file.
+    """
+    dev = devices.resolve_device(device)
+    dt = devices.resolve_dtype(dtype, dev)
+    bad = _REMOTE_CODE_KWARGS & pipeline_kwargs.keys()
+    if bad:
+        raise LoadError(f"sdlab never loads remote code; remove {sorted(bad)} from the arguments.")
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+    if model is None:
+        requested = os.environ.get("SDLAB_MODEL") or DEFAULT_MODEL
+        try:
+            return _load_source(requested, dev, dt, variant, allow_pickle, offline, pipeline_kwargs)
+        except ModelNotAvailable as exc:
+            notice(f"sdlab: the default model {requested!r} is not available ({exc}). "
+                   "Falling back to the built-in tiny model: random weights, so images are noise.", stacklevel=3)
+            lab = _load_source(TINY, dev, dt, None, False, offline, {})
+            lab.requested = requested
+            return lab
+    return _load_source(os.fspath(model), dev, dt, variant, allow_pickle, offline, pipeline_kwargs)
+
+
+def _load_source(model: str, dev: torch.device, dt: torch.dtype, variant: str | None, allow_pickle: bool,
+                 offline: bool, pipeline_kwargs: dict) -> Lab:
+    kind, source = classify_source(model, allow_pickle=allow_pickle)
+    key: _Key = (source, str(dev), devices.dtype_name(dt), variant)
+    with _REGISTRY_LOCK:
+        lab = _RESIDENT.get(key)
+        if lab is not None and lab.is_loaded:
+            _RESIDENT.move_to_end(key)
+            return lab
+        while len(_RESIDENT) >= _max_resident:
+            _, old = next(iter(_RESIDENT.items()))
+            notice(f"sdlab: at most {_max_resident} models stay loaded; unloading the least recently used, "
+                   f"{old.source!r}, first (sdlab.set_max_resident(n) changes the limit).", stacklevel=4)
+            unload(old)
+        pipe = _load_pipeline(kind, source, dt, variant, offline, pipeline_kwargs)
+        try:
+            family = detect_family(pipe)
+            pipe = pipe.to(dev)
+        except BaseException:
+            del pipe
+            gc.collect()
+            raise
+        if kind == "tiny":
+            notice("sdlab: using the built-in tiny model: random weights, so its images are noise. "
+                   "Load a real model with sdlab.load('<hub id, folder or .safetensors file>') for pictures.", stacklevel=4)
+        lab = Lab(source=source, kind=kind, family=family, device=dev, dtype=dt, variant=variant, _pipe=pipe,
+                  _default_scheduler=pipe.scheduler.__class__.from_config(pipe.scheduler.config))
+        _RESIDENT[key] = lab
+        return lab
+
+
+def classify_source(model: str, *, allow_pickle: bool = False) -> tuple[SourceKind, str]:
+    """Say what kind of source ``model`` is, and its canonical form; refuse what cannot be loaded."""
+    if not isinstance(model, str) or not model.strip():
+        raise LoadError(f"model must be a hub id, a folder, a .safetensors file or 'tiny', not {model!r}.")
+    model = model.strip()
+    if model.lower() == TINY:
+        return "tiny", TINY
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            singles = sorted(path.glob("*.safetensors"))
+            hint = (f" It holds {singles[0].name}: load that file instead." if singles else
+                    " A diffusers folder holds model_index.json with unet/, vae/, text_encoder/ ... beside it.")
+            raise LoadError(f"The folder {str(path)!r} is not a diffusers pipeline folder (no model_index.json).{hint}")
+        return "folder", str(path.resolve())
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".safetensors":
+            return "single_file", str(path.resolve())
+        if suffix in PICKLE_SUFFIXES:
+            if not allow_pickle:
+                raise UnsafeCheckpointError(
+                    f"{path.name} is a pickle checkpoint; unpickling it can run arbitrary code. Prefer a "
+                    ".safetensors version of the model. If you trust this file, load it with "
+                    "sdlab.load(..., allow_pickle=True)."
+                )
+            return "single_file", str(path.resolve())
+        raise LoadError(
+            f"{path.name} is not a model file sdlab can load (expected .safetensors, or a diffusers folder)."
+        )
+    looks_like_path = model.startswith((".", "/", "~")) or os.sep in model.replace("/", "") or \
+        Path(model).suffix.lower() in PICKLE_SUFFIXES | {".safetensors"} or model.count("/") > 1
+    if looks_like_path:
+        raise LoadError(f"No such file or folder: {model!r}. Check the path (it is relative to {os.getcwd()!r}).")
+    if model.count("/") != 1 or any(c in model for c in " \t\\:"):
+        raise LoadError(
+            f"{model!r} is neither an existing path nor a hub id like 'owner/name'. "
+            f"Use 'tiny', a hub id (e.g. {DEFAULT_MODEL!r}), a diffusers folder or a .safetensors file."
+        )
+    return "hub", model
+
+
+def detect_family(pipe) -> Family:
+    """SD 1.x, SD 2.x or SDXL, from the pipeline class and the UNet; anything else is refused."""
+    name = type(pipe).__name__
+    if name not in SUPPORTED_PIPELINES:
+        raise UnsupportedModelError(
+            f"sdlab supports Stable Diffusion 1.x, 2.x and SDXL text-to-image pipelines; this model is a "
+            f"{name}. Load it with diffusers directly, or pick an SD 1.x / 2.x / SDXL model."
+        )
+    if SUPPORTED_PIPELINES[name] == "sdxl":
+        return "sdxl"
+    return "sd2" if pipe.unet.config.cross_attention_dim == 1024 else "sd1"
+
+
+def checkpoint_family(path: str) -> Family:
+    """Family of a single-file (A1111 / ComfyUI layout) checkpoint, from its tensor names alone."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as exc:
+        raise LoadError(f"{Path(path).name} is not a readable .safetensors file ({exc}).") from None
+    if any("lora" in k.lower() for k in keys[:200]):
+        raise UnsupportedModelError(
+            f"{Path(path).name} is a LoRA, not a full model. Load the base model, then add the LoRA with "
+            "lab.pipe.load_lora_weights(path)."
+        )
+    if any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in keys):
+        raise UnsupportedModelError(f"{Path(path).name} looks like a FLUX checkpoint; sdlab supports SD 1.x, 2.x and SDXL.")
+    if any("joint_blocks" in k for k in keys):
+        raise UnsupportedModelError(f"{Path(path).name} looks like an SD3 checkpoint; sdlab supports SD 1.x, 2.x and SDXL.")
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise UnsupportedModelError(
+            f"{Path(path).name} has no UNet weights (model.diffusion_model.*): it is not a full Stable "
+            "Diffusion checkpoint (a VAE, an embedding or a LoRA?)."
+        )
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return "sd1"
+    raise UnsupportedModelError(
+        f"{Path(path).name} has a UNet but no text encoder sdlab recognises; sdlab supports SD 1.x, 2.x and SDXL."
+    )
+
+
+def _load_pipeline(kind: SourceKind, source: str, dt: torch.dtype, variant: str | None, offline: bool,
+                   kwargs: dict):
+    """Read the weights. Separate so tests can count how often real loading work happens."""
+    if kind == "tiny":
+        return build_tiny_pipeline(dt)
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    common = dict(dtype=dt, **kwargs)
+    if variant is not None:
+        common["variant"] = variant
+    if kind == "folder":
+        _check_model_index(Path(source) / "model_index.json")
+        return DiffusionPipeline.from_pretrained(source, local_files_only=True, **common)
+    if kind == "single_file":
+        family = checkpoint_family(source) if source.endswith(".safetensors") else None
+        cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+        common.pop("variant", None)
+        try:
+            return cls.from_single_file(source, local_files_only=offline, **common)
+        except (OSError, ValueError) as exc:
+            raise LoadError(
+                f"diffusers could not load {Path(source).name} as a single-file {family or 'SD'} checkpoint: {exc}\n"
+                "Single-file loading needs the matching diffusers config; offline, pass config=<a local diffusers "
+                "folder of the same family> (e.g. sdlab.load(path, config='path/to/sd15-folder'))."
+            ) from exc
+    # hub id: the local cache first (fast, works offline), then the network unless offline.
+    try:
+        return DiffusionPipeline.from_pretrained(source, local_files_only=True, **common)
+    except OSError as exc:
+        cached_error = exc
+    how = (f"fetch it where there is internet with `hf download {source}` (huggingface_hub's CLI), "
+           "or pass a local diffusers folder or .safetensors file")
+    if offline:
+        raise ModelNotAvailable(f"{source!r} is not in the local Hugging Face cache and sdlab is offline; {how}.") \
+            from cached_error
+    try:
+        return DiffusionPipeline.from_pretrained(source, **common)
+    except OSError as exc:
+        raise ModelNotAvailable(f"{source!r} is not cached and could not be downloaded ({_first_line(exc)}); {how}.") \
+            from exc
+
+
+def _check_model_index(index: Path) -> None:
+    try:
+        cls = json.loads(index.read_text()).get("_class_name", "?")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LoadError(f"{index} is not valid JSON ({exc}); the folder is not a usable diffusers pipeline.") from None
+    if cls not in SUPPORTED_PIPELINES:
+        raise UnsupportedModelError(
+            f"{index.parent.name} holds a {cls}; sdlab supports Stable Diffusion 1.x, 2.x and SDXL "
+            "text-to-image pipelines (StableDiffusionPipeline, StableDiffusionXLPipeline)."
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _modules(pipe) -> list[torch.nn.Module]:
+    if pipe is None:
+        return []
+    return [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+
+
+def _resident_row(lab: Lab) -> Resident:
+    return Resident(source=lab.source, kind=lab.kind, family=lab.family, device=str(lab.device),
+                    dtype=devices.dtype_name(lab.dtype), variant=lab.variant, parameters=lab.parameters,
+                    memory_bytes=lab.memory_bytes)
+
+
+def loaded() -> list[Resident]:
+    """What is resident now, least recently used first."""
+    with _REGISTRY_LOCK:
+        return [_resident_row(lab) for lab in _RESIDENT.values()]
+
+
+def unload(which: Lab | str | None = None) -> UnloadReport:
+    """Free one model (a handle, or every handle of a source such as 'tiny'), or all when ``which`` is None.
+
+    Drops sdlab's references and the handle's pipeline, clears the stored traceback of the last
+    exception (which would keep tensors alive), collects garbage and empties the CUDA cache.
+    """
+    cuda = torch.cuda.is_available()
+    before = torch.cuda.memory_allocated() if cuda else None
+    with _REGISTRY_LOCK:
+        if which is None:
+            victims = list(_RESIDENT.items())
+        elif isinstance(which, Lab):
+            victims = [(k, v) for k, v in _RESIDENT.items() if v is which]
+            if not victims and which.is_loaded:  # a handle evicted from the registry but still holding weights
+                victims = [(None, which)]
+        else:
+            _, source = classify_source(os.fspath(which), allow_pickle=True)
+            victims = [(k, v) for k, v in _RESIDENT.items() if v.source == source]
+        freed = []
+        for key, lab in victims:
+            if lab.is_loaded:
+                freed.append(_resident_row(lab))
+            if key is not None:
+                _RESIDENT.pop(key, None)
+            lab._pipe = None
+            lab._default_scheduler = None
+    _clear_last_traceback()
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    after = torch.cuda.memory_allocated() if cuda else None
+    return UnloadReport(freed=freed, cuda_bytes_before=before, cuda_bytes_after=after)
+
+
+def _clear_last_traceback() -> None:
+    # The last uncaught exception keeps its frames, and so every tensor they referenced, alive.
+    for name in ("last_traceback", "last_value", "last_type", "last_exc"):
+        if hasattr(sys, name):
+            setattr(sys, name, None)

@@ -1,0 +1,54 @@
+"""Shared fixtures. Nothing here downloads: the hub is off for the whole test run."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+import sdlab
+from sdlab.tiny import build_tiny_pipeline
+
+
+def pytest_collection_modifyitems(config, items):
+    no_cuda = pytest.mark.skip(reason="needs a CUDA GPU; none here")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_cuda)
+
+
+@pytest.fixture
+def tiny() -> sdlab.Lab:
+    """The built-in tiny model (resident across tests; cheap to rebuild if a test unloaded it)."""
+    return sdlab.load("tiny")
+
+
+@pytest.fixture
+def clean_registry():
+    """Start and end with nothing resident, and the default residency limit."""
+    sdlab.unload()
+    limit = sdlab.max_resident()
+    yield
+    sdlab.set_max_resident(limit)
+    sdlab.unload()
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """The tiny pipeline saved as a diffusers folder."""
+    path = tmp_path_factory.mktemp("models") / "tiny-diffusers"
+    build_tiny_pipeline().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_single_file(tmp_path_factory):
+    """The tiny pipeline saved as one A1111-style .safetensors checkpoint."""
+    from ldm_checkpoint import save_sd1_single_file
+
+    path = tmp_path_factory.mktemp("models") / "tiny-a1111.safetensors"
+    save_sd1_single_file(build_tiny_pipeline(), path)
+    return path
