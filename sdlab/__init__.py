@@ -20,11 +20,14 @@ from .models import (
     unload,
 )
 from .notices import SdlabNotice, SdlabWarning
+from .sampler_catalog import Plan, Sampler, describe, effective_config, make_scheduler, plan, samplers
+from .noise_schedules import TrainingSchedule, schedules, sigmas
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL", "Lab", "LoadError", "ModelNotAvailable", "ModelUnloadedError", "SdlabNotice",
     "SdlabWarning", "UnsafeCheckpointError", "UnsupportedModelError", "load", "loaded", "max_resident",
-    "set_max_resident", "unload", "__version__",
+    "set_max_resident", "unload", "__version__", "Plan", "Sampler", "describe", "effective_config",
+    "make_scheduler", "plan", "samplers", "TrainingSchedule", "schedules", "sigmas",
 ]

@@ -108,6 +108,15 @@ class Lab:
         return sum(t.numel() * t.element_size() for m in _modules(self._pipe)
                    for t in (*m.parameters(), *m.buffers()))
 
+    def set_sampler(self, sampler: str, schedule: str = "automatic", **params: Any):
+        """Install a catalog sampler on the pipeline (built from the model's own scheduler config); the
+        weights are untouched. Returns the scheduler."""
+        from .sampler_catalog import make_scheduler
+
+        scheduler = make_scheduler(self, sampler, schedule, **params)
+        self.pipe.scheduler = scheduler
+        return scheduler
+
     def generator(self, seed: int) -> torch.Generator:
         """A CPU generator: the same seed gives the same initial noise on every device."""
         return torch.Generator("cpu").manual_seed(int(seed))

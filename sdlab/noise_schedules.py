@@ -1,0 +1,352 @@
+"""Noise schedules as data: pure functions from step count to sigmas, and a model's training schedule.
+
+Every schedule returns ``n + 1`` sigmas, from high noise to low, ending with the appended 0 (as in
+k-diffusion). Formulas are from k-diffusion (k_diffusion/sampling.py), A1111 (modules/sd_schedulers.py),
+ComfyUI (comfy/samplers.py) and diffusers where they differ; each function names its source.
+Nothing here needs a diffusers pipeline: numpy (and scipy for the beta schedule) only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping
+
+import numpy as np
+
+# Align Your Steps (NVIDIA, Sabour et al. 2024): 10-step noise levels, as published for SD 1.5 and SDXL.
+AYS_SD15 = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]
+AYS_SDXL = [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029]
+
+
+def _append_zero(s: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(s, dtype=np.float64), [0.0]])
+
+
+def _check_n(n: int) -> int:
+    if int(n) != n or n < 1:
+        raise ValueError(f"The number of steps must be a whole number >= 1, not {n!r}.")
+    return int(n)
+
+
+def _check_range(sigma_min: float, sigma_max: float) -> None:
+    if not (0 < sigma_min < sigma_max):
+        raise ValueError(f"Need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model's training schedule (a VP / DDPM discretisation) and conversions
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainingSchedule:
+    """A model's discrete training schedule: alpha-bar per training timestep, and conversions.
+
+    sigma_t = sqrt((1 - alphabar_t) / alphabar_t); SNR = 1 / sigma^2; log-SNR = -2 log sigma.
+    """
+
+    alphas_cumprod: np.ndarray = field(repr=False)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "TrainingSchedule":
+        """From a diffusers scheduler config (beta_start, beta_end, beta_schedule, num_train_timesteps, ...).
+
+        Computed in float32 like diffusers' schedulers, so the numbers match theirs exactly.
+        """
+        T = int(config.get("num_train_timesteps", 1000))
+        kind = config.get("beta_schedule", "linear")
+        b0, b1 = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
+        if config.get("trained_betas") is not None:
+            betas = np.asarray(config["trained_betas"], dtype=np.float32)
+        elif kind == "linear":
+            betas = np.linspace(b0, b1, T, dtype=np.float32)
+        elif kind == "scaled_linear":  # "scaled_linear" is what Stable Diffusion was trained with
+            betas = np.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=np.float32) ** 2
+        elif kind == "squaredcos_cap_v2":  # Nichol & Dhariwal 2021, cosine schedule
+            f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+            betas = np.array([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=np.float32)
+        else:
+            raise ValueError(f"Unknown beta_schedule {kind!r}: expected linear, scaled_linear or squaredcos_cap_v2.")
+        alphas_cumprod = np.cumprod(1.0 - betas, dtype=np.float32)
+        if config.get("rescale_betas_zero_snr"):  # Lin et al. 2023, "Common Diffusion Noise Schedules ... are Flawed"
+            s = np.sqrt(alphas_cumprod.astype(np.float64))
+            s0, sT = s[0], s[-1]
+            s = (s - sT) * s0 / (s0 - sT)
+            alphas_cumprod = np.maximum(s ** 2, 2 ** -24).astype(np.float32)
+        return cls(alphas_cumprod.astype(np.float64))
+
+    @classmethod
+    def stable_diffusion(cls) -> "TrainingSchedule":
+        """SD 1.x / 2.x / SDXL: scaled_linear betas 0.00085 .. 0.012 over 1000 steps."""
+        return cls.from_config({"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                                "num_train_timesteps": 1000})
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    @property
+    def sigmas(self) -> np.ndarray:
+        """sigma for training timesteps 0 .. T-1 (increasing)."""
+        ab = self.alphas_cumprod
+        return np.sqrt((1 - ab) / ab)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def t_to_sigma(self, t) -> np.ndarray:
+        """Sigma at (fractional) timesteps, interpolating log sigma (k-diffusion's DiscreteSchedule.t_to_sigma)."""
+        return np.exp(np.interp(np.asarray(t, dtype=np.float64), np.arange(self.num_train_timesteps),
+                                np.log(self.sigmas)))
+
+    def sigma_to_t(self, sigma) -> np.ndarray:
+        """Fractional timestep of a sigma, interpolating in log sigma (diffusers' / k-diffusion's sigma_to_t)."""
+        log_sigma = np.log(np.maximum(np.asarray(sigma, dtype=np.float64), 1e-10))
+        return np.interp(log_sigma, np.log(self.sigmas), np.arange(self.num_train_timesteps, dtype=np.float64))
+
+
+def alpha_bar(sigma) -> np.ndarray:
+    """alphabar = 1 / (1 + sigma^2), the signal fraction of x_t = sqrt(ab) x0 + sqrt(1-ab) eps."""
+    return 1.0 / (1.0 + np.asarray(sigma, dtype=np.float64) ** 2)
+
+
+def snr(sigma) -> np.ndarray:
+    """Signal-to-noise ratio alphabar / (1 - alphabar) = 1 / sigma^2 (inf at sigma 0)."""
+    with np.errstate(divide="ignore"):
+        return 1.0 / np.asarray(sigma, dtype=np.float64) ** 2
+
+
+def log_snr(sigma) -> np.ndarray:
+    """log SNR = -2 log sigma (lambda in the DPM-Solver papers)."""
+    with np.errstate(divide="ignore"):
+        return -2.0 * np.log(np.asarray(sigma, dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schedules that need only sigma_min and sigma_max
+# ---------------------------------------------------------------------------------------------------
+
+def karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. (2022), eq. 5: evenly spaced in sigma^(1/rho)."""
+    n = _check_n(n)
+    _check_range(sigma_min, sigma_max)
+    ramp = np.linspace(0, 1, n)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return _append_zero((hi + ramp * (lo - hi)) ** rho)
+
+
+def exponential(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
+    """Evenly spaced in log sigma (k-diffusion get_sigmas_exponential)."""
+    n = _check_n(n)
+    _check_range(sigma_min, sigma_max)
+    return _append_zero(np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n)))
+
+
+def polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> np.ndarray:
+    """Polynomial in log sigma (k-diffusion get_sigmas_polyexponential); rho=1 is exponential."""
+    n = _check_n(n)
+    _check_range(sigma_min, sigma_max)
+    ramp = np.linspace(1, 0, n) ** rho
+    return _append_zero(np.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)))
+
+
+def vp(n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3) -> np.ndarray:
+    """Continuous VP-SDE schedule (Song et al. 2021; k-diffusion get_sigmas_vp). Its own sigma range."""
+    n = _check_n(n)
+    t = np.linspace(1, eps_s, n)
+    return _append_zero(np.sqrt(np.exp(beta_d * t ** 2 / 2 + beta_min * t) - 1))
+
+
+def kl_optimal(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
+    """KL-optimal schedule (Sahoo et al. 2024): evenly spaced in arctan(sigma).
+
+    As ComfyUI writes it (i / (n-1) over n points, then 0); A1111 spaces n+1 points ending at sigma_min.
+    """
+    n = _check_n(n)
+    _check_range(sigma_min, sigma_max)
+    w = np.arange(n) / max(n - 1, 1)
+    return _append_zero(np.tan(w * math.atan(sigma_min) + (1 - w) * math.atan(sigma_max)))
+
+
+def beta(n: int, sigma_min: float, sigma_max: float, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
+    """Beta-distribution schedule (Lee et al. 2024), as diffusers' use_beta_sigmas computes it: the
+    beta quantiles placed between sigma_max and sigma_min in sigma. (A1111 and ComfyUI place the same
+    quantiles on training timesteps instead, so their 'Beta' spends steps a little differently.)"""
+    import scipy.stats
+
+    n = _check_n(n)
+    _check_range(sigma_min, sigma_max)
+    q = scipy.stats.beta.ppf(1 - np.linspace(0, 1, n), alpha, beta)
+    return _append_zero(sigma_min + q * (sigma_max - sigma_min))
+
+
+def align_your_steps(n: int, family: str = "sd1") -> np.ndarray:
+    """Align Your Steps (Sabour et al. 2024): NVIDIA's 10-step levels, log-linearly interpolated to n
+    steps, the last level replaced by 0 (as ComfyUI's AlignYourStepsScheduler does)."""
+    n = _check_n(n)
+    levels = AYS_SDXL if family == "sdxl" else AYS_SD15
+    if n + 1 != len(levels):
+        xs = np.linspace(0, 1, len(levels))
+        ys = np.log(np.asarray(levels[::-1]))
+        levels = np.exp(np.interp(np.linspace(0, 1, n + 1), xs, ys))[::-1]
+    out = np.array(levels, dtype=np.float64)
+    out[-1] = 0.0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schedules defined on the model's training timesteps
+# ---------------------------------------------------------------------------------------------------
+
+def uniform(n: int, model: TrainingSchedule | None = None) -> np.ndarray:
+    """Timesteps evenly spaced from T-1 down to 0 (k-diffusion get_sigmas; A1111 'Uniform', ComfyUI
+    'normal'); in diffusers, timestep_spacing='linspace'."""
+    n = _check_n(n)
+    model = model or TrainingSchedule.stable_diffusion()
+    return _append_zero(model.t_to_sigma(np.linspace(model.num_train_timesteps - 1, 0, n)))
+
+
+def sgm_uniform(n: int, model: TrainingSchedule | None = None) -> np.ndarray:
+    """n+1 timesteps evenly spaced from T-1 to 0, the last dropped (ComfyUI sgm_uniform, as in SGM /
+    SDXL's reference code); in diffusers, timestep_spacing='trailing'."""
+    n = _check_n(n)
+    model = model or TrainingSchedule.stable_diffusion()
+    return _append_zero(model.t_to_sigma(np.linspace(model.num_train_timesteps - 1, 0, n + 1)[:-1]))
+
+
+def simple(n: int, model: TrainingSchedule | None = None) -> np.ndarray:
+    """Every (T/n)-th training sigma counted from the top (ComfyUI 'simple'); ~ timestep_spacing='trailing'."""
+    n = _check_n(n)
+    model = model or TrainingSchedule.stable_diffusion()
+    sig = model.sigmas
+    stride = len(sig) / n
+    return _append_zero([sig[-(1 + int(i * stride))] for i in range(n)])
+
+
+def ddim_uniform(n: int, model: TrainingSchedule | None = None) -> np.ndarray:
+    """Timesteps 1, 1 + T//n, 1 + 2T//n, ... (DDIM's uniform discretisation, A1111's DDIM and ComfyUI
+    ddim_uniform); in diffusers, timestep_spacing='leading' with steps_offset=1."""
+    n = _check_n(n)
+    model = model or TrainingSchedule.stable_diffusion()
+    stride = max(model.num_train_timesteps // n, 1)
+    ts = np.arange(1, model.num_train_timesteps, stride)[:n]
+    return _append_zero(model.sigmas[ts][::-1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------------
+
+# How a diffusers scheduler is made to follow a schedule: a timestep_spacing, a use_*_sigmas flag,
+# explicit sigmas to set_timesteps, or not at all ("formula": plotted, never sampled with).
+Realisation = Literal["spacing", "flag", "sigmas", "formula"]
+
+
+@dataclass(frozen=True)
+class ScheduleType:
+    """One schedule type: its formula, how a diffusers scheduler is made to follow it, its parameters."""
+
+    name: str
+    function: Callable[..., np.ndarray] = field(repr=False)
+    needs: Literal["range", "model", "family", "none"]
+    realisation: Realisation
+    params: Mapping[str, float] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    a1111: str | None = None
+    description: str = ""
+
+
+SCHEDULES: dict[str, ScheduleType] = {s.name: s for s in [
+    ScheduleType("uniform", uniform, "model", "spacing", aliases=("normal", "linear", "linspace"),
+                 a1111="Uniform", description="timesteps evenly spaced (A1111 Uniform, ComfyUI normal)"),
+    ScheduleType("karras", karras, "range", "flag", {"rho": 7.0}, a1111="Karras",
+                 description="evenly spaced in sigma^(1/rho): more steps at low noise"),
+    ScheduleType("exponential", exponential, "range", "flag", a1111="Exponential",
+                 description="evenly spaced in log sigma"),
+    ScheduleType("polyexponential", polyexponential, "range", "sigmas", {"rho": 1.0}, a1111="Polyexponential",
+                 description="polynomial in log sigma; rho=1 is exponential"),
+    ScheduleType("sgm_uniform", sgm_uniform, "model", "spacing", aliases=("trailing",), a1111="SGM Uniform",
+                 description="n+1 evenly spaced timesteps, last dropped (diffusers 'trailing')"),
+    ScheduleType("simple", simple, "model", "spacing", a1111="Simple",
+                 description="every T/n-th training sigma from the top (diffusers 'trailing')"),
+    ScheduleType("ddim_uniform", ddim_uniform, "model", "spacing", aliases=("ddim", "leading"), a1111="DDIM",
+                 description="timesteps 1, 1+T/n, ... (diffusers 'leading', steps_offset=1)"),
+    ScheduleType("kl_optimal", kl_optimal, "range", "sigmas", a1111="KL Optimal",
+                 description="evenly spaced in arctan(sigma)"),
+    ScheduleType("align_your_steps", align_your_steps, "family", "sigmas", aliases=("ays",),
+                 a1111="Align Your Steps", description="NVIDIA's optimised levels, interpolated to n steps"),
+    ScheduleType("beta", beta, "range", "flag", {"alpha": 0.6, "beta": 0.6}, a1111="Beta",
+                 description="beta-distribution quantiles (diffusers use_beta_sigmas)"),
+    ScheduleType("vp", vp, "none", "formula", {"beta_d": 19.9, "beta_min": 0.1, "eps_s": 1e-3},
+                 description="continuous VP-SDE schedule with its own sigma range (for plots; outside SD's range)"),
+]}
+
+AUTOMATIC = "automatic"
+
+
+def _norm(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+_LOOKUP: dict[str, str] = {}
+for _s in SCHEDULES.values():
+    for _key in (_s.name, *_s.aliases, _s.a1111 or _s.name):
+        _LOOKUP[_norm(_key)] = _s.name
+
+
+def schedule_names() -> list[str]:
+    return list(SCHEDULES)
+
+
+def resolve_schedule(name: str) -> str:
+    """Canonical schedule name for what a user typed ('Karras', 'SGM Uniform', 'normal', ...);
+    'automatic' stays 'automatic'."""
+    if not isinstance(name, str):
+        raise TypeError(f"A schedule is named by a string, not {name!r}.")
+    key = _norm(name)
+    if key in ("automatic", "auto", "default"):
+        return AUTOMATIC
+    if key in _LOOKUP:
+        return _LOOKUP[key]
+    import difflib
+
+    close = difflib.get_close_matches(key, list(_LOOKUP), n=1)
+    hint = f" Did you mean {_LOOKUP[close[0]]!r}?" if close else ""
+    raise ValueError(f"Unknown schedule {name!r}.{hint} Valid schedules: automatic, {', '.join(SCHEDULES)}.")
+
+
+def schedules() -> list[ScheduleType]:
+    """Every schedule type sdlab knows, with its parameters and how it is realised on a scheduler."""
+    return list(SCHEDULES.values())
+
+
+def sigmas(schedule: str, n: int, sigma_min: float | None = None, sigma_max: float | None = None, *,
+           model: TrainingSchedule | None = None, family: str = "sd1", **params: float) -> np.ndarray:
+    """The n+1 sigmas (trailing 0 included) of any schedule type.
+
+    sigma_min / sigma_max default to the training schedule's (``model``, by default Stable Diffusion's).
+    Timestep-based schedules (uniform, sgm_uniform, simple, ddim_uniform) use ``model`` instead.
+    """
+    name = resolve_schedule(schedule)
+    if name == AUTOMATIC:
+        raise ValueError("'automatic' depends on the sampler; pass a concrete schedule type, or use "
+                         "sdlab.plan(scheduler, n) to see what a configured sampler does.")
+    st = SCHEDULES[name]
+    unknown = set(params) - set(st.params)
+    if unknown:
+        allowed = ", ".join(st.params) or "none"
+        raise ValueError(f"Schedule {name!r} takes no parameter(s) {sorted(unknown)}; its parameters: {allowed}.")
+    model = model or TrainingSchedule.stable_diffusion()
+    if st.needs == "range":
+        lo = model.sigma_min if sigma_min is None else float(sigma_min)
+        hi = model.sigma_max if sigma_max is None else float(sigma_max)
+        return st.function(n, lo, hi, **params)
+    if st.needs == "model":
+        return st.function(n, model)
+    if st.needs == "family":
+        return st.function(n, family)
+    return st.function(n, **params)
