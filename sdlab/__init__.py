@@ -5,6 +5,8 @@ Views (build on the core): widgets, plots.
 """
 from __future__ import annotations
 
+from .generation import BusyError, GenerationError, Job, Run, Settings, StepEvent, StepRecord, generate, generate_async
+from .infotext import parse_infotext, read_settings
 from .models import (
     DEFAULT_MODEL,
     Lab,
@@ -26,6 +28,8 @@ from .noise_schedules import TrainingSchedule, schedules, sigmas
 __version__ = "0.1.0"
 
 __all__ = [
+    "BusyError", "GenerationError", "Job", "Run", "Settings", "StepEvent", "StepRecord", "generate",
+    "generate_async", "parse_infotext", "read_settings",
     "DEFAULT_MODEL", "Lab", "LoadError", "ModelNotAvailable", "ModelUnloadedError", "SdlabNotice",
     "SdlabWarning", "UnsafeCheckpointError", "UnsupportedModelError", "load", "loaded", "max_resident",
     "set_max_resident", "unload", "__version__", "Plan", "Sampler", "describe", "effective_config",

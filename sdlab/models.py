@@ -117,6 +117,18 @@ class Lab:
         self.pipe.scheduler = scheduler
         return scheduler
 
+    def generate(self, prompt=None, **kwargs):
+        """Generate with every step recorded; see sdlab.generation.generate. Returns a Run."""
+        from .generation import generate
+
+        return generate(self, prompt, **kwargs)
+
+    def generate_async(self, prompt=None, **kwargs):
+        """Like generate, in a worker thread; returns a Job (stop(), wait(), run)."""
+        from .generation import generate_async
+
+        return generate_async(self, prompt, **kwargs)
+
     def generator(self, seed: int) -> torch.Generator:
         """A CPU generator: the same seed gives the same initial noise on every device."""
         return torch.Generator("cpu").manual_seed(int(seed))

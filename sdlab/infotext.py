@@ -1,0 +1,189 @@
+"""Reproducible images: A1111-style infotext in PNGs, and reading settings back from PNGs or infotext.
+
+A saved PNG carries two text chunks: ``parameters``, the A1111 infotext (REFERENCE section 6) that A1111,
+ComfyUI and image sites read, and ``sdlab``, the full settings as JSON (model and family, sampler,
+schedule, effective scheduler config, seed, device, dtype, size, package versions).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from . import noise_schedules as S
+from .generation import Run, Settings
+from .sampler_catalog import parse_sampler
+
+SDLAB_CHUNK = "sdlab"
+A1111_CHUNK = "parameters"
+# A1111's own pattern for "Key: value" pairs (modules/infotext_utils.py re_param), quoted values allowed.
+_RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_RE_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if "," in text or "\n" in text or ":" in text or '"' in text:
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _a1111_schedule(name: str) -> str:
+    st = S.SCHEDULES.get(name)
+    return st.a1111 if st is not None and st.a1111 else name
+
+
+def format_infotext(run: Run) -> str:
+    s = run.settings
+    schedule = run.scheduler_report.get("schedule", s.schedule)
+    params = {"Steps": s.steps, "Sampler": run.scheduler_report.get("sampler", s.sampler),
+              "Schedule type": _a1111_schedule(schedule), "CFG scale": f"{s.cfg:g}", "Seed": s.seed,
+              "Size": f"{s.width}x{s.height}", "Model": Path(run.model).stem if run.model else None}
+    if s.batch_size > 1:
+        params["Batch size"] = s.batch_size
+    if s.eta is not None:
+        params["Eta"] = s.eta
+    for key, value in s.schedule_params.items():
+        params[f"Schedule {key}"] = value
+    if run.stopped:
+        params["Stopped at step"] = run.steps[-1].step if run.steps else 0
+    params["Version"] = f"sdlab {_version()}"
+    line = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
+    text = s.prompt
+    if s.negative_prompt:
+        text += f"\nNegative prompt: {s.negative_prompt}"
+    return f"{text}\n{line}"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def settings_json(run: Run) -> dict:
+    import diffusers
+    import torch
+    import transformers
+
+    return {
+        "settings": run.settings.to_dict(),
+        "model": run.model, "family": run.family, "device": run.device, "dtype": run.dtype,
+        "scheduler": run.scheduler_report, "stopped": run.stopped,
+        "nfe": run.nfe, "steps_recorded": len(run.steps),
+        "versions": {"sdlab": _version(), "diffusers": diffusers.__version__,
+                     "transformers": transformers.__version__, "torch": torch.__version__},
+    }
+
+
+def save_png(run: Run, path, *, index: int = 0) -> Path:
+    """Write image ``index`` of the run as a PNG with infotext and sdlab JSON; returns the path."""
+    from PIL.PngImagePlugin import PngInfo
+
+    if not run.images:
+        raise ValueError("This run has no image yet (it is still going, or failed); wait for it first.")
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"Save as .png so the settings travel with the picture, not {path.suffix or 'no suffix'!r}.")
+    info = PngInfo()
+    info.add_text(A1111_CHUNK, format_infotext(run))
+    data = settings_json(run)
+    data["image_index"] = index
+    info.add_text(SDLAB_CHUNK, json.dumps(data))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run.images[index].save(path, pnginfo=info)
+    return path
+
+
+def read_settings(source) -> Settings:
+    """Settings that regenerate an image: from an sdlab PNG, an A1111 PNG (path, bytes or PIL image) or an
+    A1111 infotext string. Fields sdlab does not use are kept in ``settings.extra``."""
+    text, data = _texts(source)
+    if data is not None:
+        raw = json.loads(data)["settings"]
+        known = {f.name for f in fields(Settings)}
+        return Settings(**{k: v for k, v in raw.items() if k in known})
+    if text is None:
+        raise ValueError("No generation settings found: the image has neither sdlab's nor A1111's 'parameters' text.")
+    return parse_infotext(text)
+
+
+def _texts(source) -> tuple[str | None, str | None]:
+    from PIL import Image
+
+    if isinstance(source, str) and ("\n" in source or "Steps:" in source) and not Path(source).suffix == ".png":
+        return source, None
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"No such image: {str(path)!r} (pass a PNG path, a PIL image or an infotext string).")
+        with Image.open(path) as img:
+            img.load()
+            meta = dict(img.text) if hasattr(img, "text") else dict(img.info)
+    elif isinstance(source, (bytes, bytearray)):
+        import io
+
+        with Image.open(io.BytesIO(source)) as img:
+            img.load()
+            meta = dict(getattr(img, "text", img.info))
+    elif isinstance(source, Image.Image):
+        meta = dict(getattr(source, "text", None) or source.info)
+    else:
+        raise TypeError(f"read_settings takes a PNG path, bytes, a PIL image or an infotext string, not {type(source).__name__}.")
+    return meta.get(A1111_CHUNK), meta.get(SDLAB_CHUNK)
+
+
+def parse_infotext(text: str) -> Settings:
+    """Parse A1111's infotext: prompt lines, 'Negative prompt:' lines, then the 'Key: value, ...' line."""
+    lines = text.strip().split("\n")
+    params_line = lines[-1] if len(_RE_PARAM.findall(lines[-1])) >= 3 else ""
+    body = lines[:-1] if params_line else lines
+    prompt, negative, in_negative = [], [], False
+    for line in body:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    values: dict[str, str] = {}
+    for key, value in _RE_PARAM.findall(params_line):
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = json.loads(value)
+        values[key.strip()] = value
+    settings: dict[str, Any] = {"prompt": "\n".join(prompt).strip(), "negative_prompt": "\n".join(negative).strip()}
+    extra: dict[str, str] = {}
+    schedule_from_sampler = None
+    for key, value in values.items():
+        if key == "Steps":
+            settings["steps"] = int(value)
+        elif key == "Sampler":
+            try:
+                spec, legacy = parse_sampler(value)
+                settings["sampler"], schedule_from_sampler = spec.name, legacy
+            except ValueError:
+                settings["sampler"] = value  # unknown to sdlab: generate() will say so, naming it
+                extra["Sampler"] = value
+        elif key == "Schedule type":
+            try:
+                settings["schedule"] = S.resolve_schedule(value)
+            except ValueError:
+                extra[key] = value
+        elif key == "CFG scale":
+            settings["cfg"] = float(value)
+        elif key == "Seed":
+            settings["seed"] = int(value)
+        elif key == "Size" and _RE_SIZE.match(value):
+            w, h = _RE_SIZE.match(value).groups()
+            settings["width"], settings["height"] = int(w), int(h)
+        elif key == "Batch size":
+            settings["batch_size"] = int(value)
+        elif key == "Eta":
+            settings["eta"] = float(value)
+        else:
+            extra[key] = value
+    if schedule_from_sampler and "schedule" not in settings:
+        settings["schedule"] = schedule_from_sampler
+    settings["extra"] = extra
+    return Settings(**settings)

@@ -1,0 +1,145 @@
+"""Turning latents into pictures while a run is going: approx (linear map), taesd, or the full VAE.
+
+Cost design (REFERENCE sections 4-5): one SD 1.5 step at 512 px is ~1.35 TFLOP; a full VAE decode is
+~2.48 TFLOP (+180 % per previewed step), TAESD ~0.14 (+10 %), the linear map next to nothing. So:
+- ``approx`` runs every step: a 4x3 matrix product on the device, then only the small uint8 RGB image
+  (3 x h/8 x w/8) is copied to the host. That copy is the one host-device sync a preview costs, and it
+  reads exactly what is shown.
+- ``taesd`` and ``vae`` are throttled by time (``Previewer.min_interval``): a step that comes sooner
+  than that after the last decode is not decoded at all (no queue builds up), except the last step.
+Decoders return HxWx3 uint8 numpy arrays; ``to_jpeg`` encodes one for a widget.
+"""
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+Decoder = Literal["approx", "taesd", "vae"]
+Target = Literal["x0", "xt"]
+DECODERS: tuple[str, ...] = ("approx", "taesd", "vae")
+TARGETS: tuple[str, ...] = ("x0", "xt")
+
+# A1111 "Approx cheap" latent -> RGB factors (rows: latent channels; columns: R, G, B), output in [-1, 1].
+APPROX_SD1 = [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
+APPROX_SDXL = [[0.3448, 0.4168, 0.4395], [-0.1953, -0.0290, 0.0250], [0.1074, 0.0886, -0.0163],
+               [-0.3730, -0.2499, -0.2088]]
+TAESD_REPOS = {"sd1": "madebyollin/taesd", "sd2": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
+# Default minimum seconds between two decodes, per decoder (A1111 refreshes every 1000 ms by default).
+MIN_INTERVAL = {"approx": 0.0, "taesd": 0.2, "vae": 1.0}
+
+
+class PreviewUnavailable(RuntimeError):
+    """A preview decoder cannot be used here; the message says how to get it."""
+
+
+def approx_coefficients(family: str) -> torch.Tensor:
+    return torch.tensor(APPROX_SDXL if family == "sdxl" else APPROX_SD1, dtype=torch.float32)
+
+
+def _to_uint8(rgb: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] on any device -> (H, W, 3) uint8 on the host."""
+    img = ((rgb.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return img.permute(1, 2, 0).cpu().numpy()
+
+
+@torch.no_grad()
+def approx_rgb(latents: torch.Tensor, family: str = "sd1") -> np.ndarray:
+    """The linear latent -> RGB map, on the latents' own device. latents: (4, h, w) or (B, 4, h, w) (first)."""
+    if latents.ndim == 4:
+        latents = latents[0]
+    coeffs = approx_coefficients(family).to(latents.device)
+    rgb = torch.einsum("chw,cr->rhw", latents.float(), coeffs)
+    return _to_uint8(rgb)
+
+
+@torch.no_grad()
+def vae_rgb(vae, latents: torch.Tensor) -> np.ndarray:
+    """Full decode with the pipeline's VAE (or an AutoencoderTiny): what the final image will look like."""
+    if latents.ndim == 3:
+        latents = latents[None]
+    latents = latents[:1].to(device=vae.device, dtype=vae.dtype)
+    scale = getattr(vae.config, "scaling_factor", 1.0) or 1.0
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    out = vae.decode(latents / scale + shift, return_dict=False)[0]
+    return _to_uint8(out[0])
+
+
+def load_taesd(family: str, source: str | Path | None = None, *, device=None, dtype=None):
+    """diffusers' AutoencoderTiny for the family, from disk only (a local folder, or the hub cache)."""
+    from diffusers import AutoencoderTiny
+
+    source = str(source or TAESD_REPOS.get(family, TAESD_REPOS["sd1"]))
+    try:
+        model = AutoencoderTiny.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise PreviewUnavailable(
+            f"TAESD weights ({source}) are not on this disk, so the 'taesd' preview is unavailable. Fetch them "
+            f"once with `hf download {source}` (or pass a local folder as taesd=...), or use preview='approx'."
+        ) from exc
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def latent_channels(latents: torch.Tensor) -> np.ndarray:
+    """The latent channels as grey images: (C, h, w) uint8, each channel stretched over its own 1-99 %
+    range so that structure shows whatever the noise level."""
+    if latents.ndim == 4:
+        latents = latents[0]
+    x = latents.detach().float().cpu()
+    flat = x.flatten(1)
+    lo = torch.quantile(flat, 0.01, dim=1)[:, None, None]
+    hi = torch.quantile(flat, 0.99, dim=1)[:, None, None]
+    out = ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1) * 255
+    return out.round().to(torch.uint8).numpy()
+
+
+def to_jpeg(rgb: np.ndarray, quality: int = 85, max_side: int | None = 512) -> bytes:
+    """JPEG bytes of an (H, W, 3) uint8 image, down-scaled so its longer side is at most max_side."""
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    if max_side and max(img.size) > max_side:
+        img.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@dataclass
+class Previewer:
+    """Decides, step by step, whether to decode a preview, and decodes it."""
+
+    decoder: Decoder = "approx"
+    target: Target = "x0"
+    family: str = "sd1"
+    vae: object | None = None  # pipeline VAE (for 'vae') or AutoencoderTiny (for 'taesd')
+    min_interval: float | None = None
+    decoded: int = 0
+    skipped: int = 0
+    _last: float = field(default=-1e9, repr=False)
+
+    def __post_init__(self):
+        if self.decoder not in DECODERS:
+            raise ValueError(f"Unknown preview decoder {self.decoder!r}; choose one of {', '.join(DECODERS)} (or None).")
+        if self.target not in TARGETS:
+            raise ValueError(f"Unknown preview target {self.target!r}; choose 'x0' (predicted clean image) or 'xt'.")
+        if self.min_interval is None:
+            self.min_interval = MIN_INTERVAL[self.decoder]
+
+    def due(self, last_step: bool) -> bool:
+        return last_step or time.perf_counter() - self._last >= self.min_interval
+
+    def __call__(self, latents: torch.Tensor, *, last_step: bool = False) -> np.ndarray | None:
+        if not self.due(last_step):
+            self.skipped += 1
+            return None
+        self._last = time.perf_counter()
+        self.decoded += 1
+        if self.decoder == "approx":
+            return approx_rgb(latents, self.family)
+        return vae_rgb(self.vae, latents)
