@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .generation import BusyError, GenerationError, Job, Run, Settings, StepEvent, StepRecord, generate, generate_async
 from .infotext import parse_infotext, read_settings
+from . import previews
 from .models import (
     DEFAULT_MODEL,
     Lab,

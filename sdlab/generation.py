@@ -182,7 +182,8 @@ def validate(lab, settings: Settings) -> Settings:
         raise ValueError(f"batch_size must be a whole number >= 1, not {s.batch_size!r}.")
     factor = lab.pipe.vae_scale_factor
     size = native_size(lab)
-    width, height = s.width or size, s.height or size
+    width = size if s.width is None else s.width
+    height = size if s.height is None else s.height
     for name, v in (("width", width), ("height", height)):
         if not isinstance(v, (int, np.integer)) or v < factor or v % factor:
             lower = max(factor, (int(v) // factor) * factor) if isinstance(v, (int, float)) else size
@@ -434,7 +435,8 @@ def generate(lab, prompt: str | Settings | None = None, *, preview: str | None =
         run.stopped = stop.is_set() and len(run.steps) < len(scheduler.timesteps)
         run.final_latents = tap.last_latents.detach().float().cpu() if tap.last_latents is not None else None
         images = out.images
-        run.images = pipe.image_processor.numpy_to_pil(images)
+        with np.errstate(invalid="ignore"):  # NaN pixels (VAE overflow) are reported below, by _check_finite
+            run.images = pipe.image_processor.numpy_to_pil(images)
         run.nsfw = getattr(out, "nsfw_content_detected", None)
         run.seconds = time.perf_counter() - t0
         _check_finite(run, images, lab)

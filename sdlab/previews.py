@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -76,7 +77,9 @@ def load_taesd(family: str, source: str | Path | None = None, *, device=None, dt
 
     source = str(source or TAESD_REPOS.get(family, TAESD_REPOS["sd1"]))
     try:
-        model = AutoencoderTiny.from_pretrained(source, local_files_only=True)
+        with warnings.catch_warnings():  # diffusers passes huggingface_hub a deprecated argument
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            model = AutoencoderTiny.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise PreviewUnavailable(
             f"TAESD weights ({source}) are not on this disk, so the 'taesd' preview is unavailable. Fetch them "
@@ -98,15 +101,19 @@ def latent_channels(latents: torch.Tensor) -> np.ndarray:
     return out.round().to(torch.uint8).numpy()
 
 
-def to_jpeg(rgb: np.ndarray, quality: int = 85, max_side: int | None = 512) -> bytes:
-    """JPEG bytes of an (H, W, 3) uint8 image, down-scaled so its longer side is at most max_side."""
+def to_jpeg(rgb: np.ndarray, quality: int = 85, max_side: int | None = 512, max_bytes: int = 64 * 1024) -> bytes:
+    """JPEG bytes of an (H, W, 3) uint8 image, its longer side at most max_side. Quality steps down
+    until the frame fits in max_bytes (noise-like early steps compress worst)."""
     from PIL import Image
 
     img = Image.fromarray(rgb)
     if max_side and max(img.size) > max_side:
         img.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
+    for q in (quality, 70, 55, 40, 25):
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=min(q, quality))
+        if buf.tell() <= max_bytes:
+            break
     return buf.getvalue()
 
 

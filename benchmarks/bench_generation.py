@@ -1,0 +1,72 @@
+"""What instrumentation and previews cost, as ratios to a plain diffusers call measured in the same run.
+
+    .venv/bin/python benchmarks/bench_generation.py [--model ID|tiny] [--steps 20] [--size 512] [--repeat 3]
+
+On a GPU with a real model this is the number that matters (REFERENCE section 5: a step is 10-20 ms there,
+so per-step Python work and host syncs show). On the CPU with the tiny model the ratios mostly measure
+Python overhead per step, which is the worst case for sdlab's taps.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+
+import sdlab
+
+
+def timed(fn, repeat: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--size", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--sampler", default="DPM++ 2M")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore", sdlab.SdlabNotice)
+    lab = sdlab.load(args.model)
+    lab.pipe.set_progress_bar_config(disable=True)
+    size = args.size or (lab.pipe.unet.config.sample_size * lab.pipe.vae_scale_factor)
+    common = dict(steps=args.steps, seed=0, width=size, height=size, sampler=args.sampler)
+
+    def plain():
+        lab.pipe.scheduler = sdlab.make_scheduler(lab, args.sampler)
+        lab.pipe("a lighthouse", guidance_scale=7.0, num_inference_steps=args.steps, width=size, height=size,
+                 generator=lab.generator(0))
+
+    base = timed(plain, args.repeat)
+    rows = [("plain pipe()", base)]
+    variants = {"generate, no records": dict(record=False), "generate, records": {},
+                "records + approx preview": dict(preview="approx"), "records + vae preview (throttled)": dict(preview="vae")}
+    try:
+        sdlab.previews.load_taesd(lab.family)
+        variants["records + taesd preview"] = dict(preview="taesd")
+    except sdlab.previews.PreviewUnavailable:
+        pass
+    for name, opts in variants.items():
+        rows.append((name, timed(lambda: lab.generate("a lighthouse", **common, **opts), args.repeat)))
+    print(f"model={lab.source} device={lab.device} dtype={lab.dtype} size={size} steps={args.steps} "
+          f"sampler={args.sampler} repeat={args.repeat}")
+    for name, t in rows:
+        print(f"{name:36s} {t * 1000:9.1f} ms  ratio {t / base:5.2f}  ({args.steps / t:6.1f} it/s)")
+
+
+if __name__ == "__main__":
+    main()

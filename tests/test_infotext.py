@@ -1,0 +1,95 @@
+"""PNG metadata round trips and A1111 infotext parsing."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+import sdlab
+from sdlab.infotext import parse_infotext
+
+
+@pytest.fixture
+def lab(tiny):
+    tiny.pipe.set_progress_bar_config(disable=True)
+    return tiny
+
+
+def test_png_round_trip_regenerates_the_same_image(lab, tmp_path):
+    run = lab.generate("a red, round apple", negative_prompt="text, watermark", sampler="DPM++ 2M", schedule="karras",
+                       steps=4, seed=1234, cfg=6.5, width=64, height=48)
+    path = run.save(tmp_path / "apple.png")
+    with Image.open(path) as img:
+        text = img.text
+    assert "parameters" in text and "sdlab" in text
+    data = json.loads(text["sdlab"])
+    assert data["family"] == "sd1" and data["model"] == "tiny" and data["scheduler"]["schedule"] == "karras"
+    assert data["scheduler"]["changes"]["use_karras_sigmas"] == ["(default False)", True]
+    assert {"sdlab", "diffusers", "transformers", "torch"} <= set(data["versions"])
+    settings = sdlab.read_settings(path)
+    assert settings == run.settings
+    again = lab.generate(settings)
+    assert again.image.tobytes() == run.image.tobytes()
+    # the A1111 text alone regenerates it too (as A1111 or another tool would read it)
+    from_text = sdlab.read_settings(text["parameters"])
+    assert lab.generate(from_text).image.tobytes() == run.image.tobytes()
+
+
+def test_infotext_looks_like_a1111s(lab):
+    run = lab.generate("a cat", negative_prompt="dog", sampler="DPM++ 2M", steps=3, seed=7, cfg=7.0)
+    lines = run.infotext().split("\n")
+    assert lines[0] == "a cat" and lines[1] == "Negative prompt: dog"
+    assert lines[2].startswith("Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 7, "
+                               "Size: 64x64, Model: tiny")
+
+
+def test_save_refuses_other_formats(lab, tmp_path):
+    run = lab.generate("x", steps=1, seed=1)
+    with pytest.raises(ValueError, match=r"\.png"):
+        run.save(tmp_path / "x.jpg")
+
+
+A1111_NEW = """masterpiece, a castle on a hill
+at sunset
+Negative prompt: lowres, bad anatomy
+Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1234, Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Lora hashes: "add_detail: 7c6bad76eb54, film: 1a2b", Version: v1.10.1"""
+
+A1111_LEGACY = """portrait of a woman
+Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 42, Size: 512x512, Model hash: 6ce0161689, Denoising strength: 0.7"""
+
+
+def test_a1111_infotext_with_schedule_type_quotes_and_extra_fields():
+    s = parse_infotext(A1111_NEW)
+    assert s.prompt == "masterpiece, a castle on a hill\nat sunset"
+    assert s.negative_prompt == "lowres, bad anatomy"
+    assert (s.steps, s.sampler, s.schedule, s.cfg, s.seed, s.width, s.height) == \
+        (30, "DPM++ 2M", "karras", 6.5, 1234, 512, 768)
+    assert s.extra == {"Model hash": "6ce0161689", "Model": "v1-5-pruned-emaonly",
+                       "Lora hashes": "add_detail: 7c6bad76eb54, film: 1a2b", "Version": "v1.10.1"}
+
+
+def test_legacy_a1111_sampler_names_are_split():
+    s = parse_infotext(A1111_LEGACY)
+    assert (s.sampler, s.schedule, s.seed, s.negative_prompt) == ("DPM++ 2M", "karras", 42, "")
+    assert s.extra["Denoising strength"] == "0.7"
+
+
+def test_unknown_sampler_is_kept_and_reported():
+    s = parse_infotext("x\nSteps: 20, Sampler: DPM adaptive, CFG scale: 7, Seed: 1, Size: 512x512")
+    assert s.sampler == "DPM adaptive" and s.extra["Sampler"] == "DPM adaptive"
+
+
+def test_a1111_png_is_read(tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", A1111_LEGACY)
+    path = tmp_path / "a1111.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    assert sdlab.read_settings(path).sampler == "DPM++ 2M"
+    assert sdlab.read_settings(Image.open(path)).seed == 42
+    with pytest.raises(ValueError, match="No generation settings"):
+        blank = tmp_path / "blank.png"
+        Image.new("RGB", (8, 8)).save(blank)
+        sdlab.read_settings(blank)
