@@ -223,9 +223,9 @@ class _Host:
         if t is None:
             return None
         t = t.detach()
-        if self.cuda:
+        if self.cuda:  # cast on the device, then an asynchronous copy into pinned host memory
             dst = torch.empty(t.shape, dtype=torch.float16, pin_memory=True)
-            dst.copy_(t, non_blocking=True)
+            dst.copy_(t.to(torch.float16), non_blocking=True)
             return dst
         return t.to(torch.float16, copy=True)
 
@@ -330,7 +330,10 @@ class _Tap:
         if sigma is None and step <= len(self.levels) - 1:
             sigma = float(self.levels[step])
         noise = self.noise or (None, None)
-        rec = StepRecord(index=i, step=step, steps=self.settings.steps, timestep=float(t), sigma=sigma, nfe=self.nfe,
+        # the timestep from the host-side plan: float(t) of a CUDA tensor would be a sync per step
+        ts = self.run.plan.timesteps
+        timestep = float(ts[i]) if i < len(ts) else float(t)
+        rec = StepRecord(index=i, step=step, steps=self.settings.steps, timestep=timestep, sigma=sigma, nfe=self.nfe,
                          latents=self.host(latents) if self.record else None,
                          x0=self.host(self.x0) if self.record else None,
                          noise_uncond=noise[0], noise_cond=noise[1], seconds=seconds,
@@ -380,7 +383,9 @@ def generate(lab, prompt: str | Settings | None = None, *, preview: str | None =
     (guidance_scale, num_inference_steps, num_images_per_prompt) are accepted too.
 
     preview: None, "approx", "taesd" or "vae"; preview_target "x0" (predicted clean image) or "xt".
-    on_step: called with a StepEvent after every step (in the thread that runs the pipeline).
+    on_step: called with a StepEvent after every step (in the thread that runs the pipeline). On CUDA the
+      record tensors are copied asynchronously and complete when the run ends; during the run read
+      ``event.preview``, which is already on the host.
     """
     settings, options = _settings_and_options(prompt, kwargs)
     if options:
