@@ -28,6 +28,17 @@ from .noise_schedules import TrainingSchedule, schedules, sigmas
 
 __version__ = "0.1.0"
 
+_VIEWS = {"Studio": "sdlab.widgets", "StepViewer": "sdlab.widgets", "SamplerPicker": "sdlab.widgets"}
+
+
+def __getattr__(name: str):
+    # Views load on first use, so that importing sdlab never imports ipywidgets or matplotlib.
+    if name in _VIEWS:
+        import importlib
+
+        return getattr(importlib.import_module(_VIEWS[name]), name)
+    raise AttributeError(f"module 'sdlab' has no attribute {name!r}")
+
 __all__ = [
     "BusyError", "GenerationError", "Job", "Run", "Settings", "StepEvent", "StepRecord", "generate",
     "generate_async", "parse_infotext", "read_settings",

@@ -30,7 +30,7 @@ import torch
 
 from . import noise_schedules as S
 from .notices import warn
-from .previews import Previewer, load_taesd
+from .previews import Previewer, latent_channels, load_taesd
 from .sampler_catalog import Plan, effective_config, make_scheduler, plan, resolve
 
 ALIASES = {"guidance_scale": "cfg", "cfg_scale": "cfg", "num_inference_steps": "steps",
@@ -108,6 +108,7 @@ class StepEvent:
     run: "Run"
     record: StepRecord
     preview: np.ndarray | None  # HxWx3 uint8, or None when this step was not previewed
+    channels: np.ndarray | None = None  # (4, h, w) uint8 latent channels of the previewed tensor, with the preview
 
 
 @dataclass
@@ -339,15 +340,17 @@ class _Tap:
                          noise_uncond=noise[0], noise_cond=noise[1], seconds=seconds,
                          xt_scale=1 / math.sqrt(1 + sigma * sigma) if self.ve and sigma is not None else 1.0)
         self.run.steps.append(rec)
-        preview = None
+        preview = channels = None
         if self.previewer is not None:
             last = i == len(sched.timesteps) - 1
             src = self.x0 if self.previewer.target == "x0" and self.x0 is not None else latents * rec.xt_scale
             preview = self.previewer(src, last_step=last)
             if preview is not None:
                 self.run.preview = preview
+                if self.previewer.channels:
+                    channels = latent_channels(src)
         if self.on_step is not None:
-            self.on_step(StepEvent(self.run, rec, preview))
+            self.on_step(StepEvent(self.run, rec, preview, channels))
         if self.stop.is_set():
             pipe._interrupt = True  # diffusers skips the remaining iterations, then decodes (PR 5867)
         return {}
@@ -376,13 +379,14 @@ class _Tap:
 
 
 def generate(lab, prompt: str | Settings | None = None, *, preview: str | None = None, preview_target: str = "x0",
-             on_step: Callable[[StepEvent], Any] | None = None, record: bool = True,
+             preview_channels: bool = False, on_step: Callable[[StepEvent], Any] | None = None, record: bool = True,
              stop: threading.Event | None = None, taesd=None, _started: Callable[[Run], Any] | None = None,
              **kwargs) -> Run:
     """Run the pipeline, recording every step. See :class:`Settings` for the arguments; diffusers' names
     (guidance_scale, num_inference_steps, num_images_per_prompt) are accepted too.
 
-    preview: None, "approx", "taesd" or "vae"; preview_target "x0" (predicted clean image) or "xt".
+    preview: None, "approx", "taesd" or "vae"; preview_target "x0" (predicted clean image) or "xt";
+      preview_channels: also hand on_step the 4 latent channels of each previewed step.
     on_step: called with a StepEvent after every step (in the thread that runs the pipeline). On CUDA the
       record tensors are copied asynchronously and complete when the run ends; during the run read
       ``event.preview``, which is already on the host.
@@ -390,7 +394,7 @@ def generate(lab, prompt: str | Settings | None = None, *, preview: str | None =
     settings, options = _settings_and_options(prompt, kwargs)
     if options:
         raise TypeError(f"Unknown argument(s) {sorted(options)}. Settings: {', '.join(sorted(_SETTING_NAMES))}; "
-                        "options: preview, preview_target, on_step, record, stop, taesd.")
+                        "options: preview, preview_target, preview_channels, on_step, record, stop, taesd.")
     settings = validate(lab, settings)
     scheduler = scheduler_for(lab, settings)
     previewer = None
@@ -400,7 +404,8 @@ def generate(lab, prompt: str | Settings | None = None, *, preview: str | None =
             vae = lab.pipe.vae
         elif preview == "taesd":
             vae = load_taesd(lab.family, taesd, device=lab.device, dtype=lab.dtype)
-        previewer = Previewer(decoder=preview, target=preview_target, family=lab.family, vae=vae)
+        previewer = Previewer(decoder=preview, target=preview_target, family=lab.family, vae=vae,
+                              channels=preview_channels)
     if not lab._lock.acquire(blocking=False):
         raise BusyError("A run is already going on this model. Stop it (job.stop()) or wait for it "
                         "(job.wait()) before starting another; runs on one pipeline are not queued.")
@@ -475,7 +480,8 @@ class Job:
     """A run in a worker thread. ``stop()`` ends it within one step; ``wait()`` returns the run or
     re-raises the worker's exception; ``run`` is the run so far."""
 
-    def __init__(self, lab, settings: Settings, **options):
+    def __init__(self, lab, settings: Settings, on_done: Callable[["Job"], Any] | None = None, **options):
+        self._on_done = on_done
         self._stop = threading.Event()
         self._done = threading.Event()
         self._run: Run | None = None
@@ -497,6 +503,8 @@ class Job:
         finally:
             self._started.set()
             self._done.set()
+            if self._on_done is not None:
+                self._on_done(self)  # in the worker thread, after the run is complete
 
     def start(self) -> "Job":
         self.thread.start()
@@ -539,16 +547,18 @@ def _settings_and_options(prompt, kwargs: dict) -> tuple[Settings, dict]:
 
 
 def generate_async(lab, prompt: str | Settings | None = None, **kwargs) -> Job:
-    """Start :func:`generate` in a worker thread and return its :class:`Job` at once.
+    """Start :func:`generate` in a worker thread and return its :class:`Job` at once. ``on_done(job)`` is
+    called in the worker when the run has ended (done, stopped or failed).
 
     Bad settings, and a second run on a model whose run is still going (BusyError), raise here, in the
     caller's thread, before any thread starts. Runs are refused, not queued."""
+    on_done = kwargs.pop("on_done", None)
     settings, options = _settings_and_options(prompt, kwargs)
     settings = validate(lab, settings)
     if lab._lock.locked():
         raise BusyError("A run is already going on this model. Stop it (job.stop()) or wait for it "
                         "(job.wait()) before starting another; runs on one pipeline are not queued.")
-    job = Job(lab, settings, **options)
+    job = Job(lab, settings, on_done=on_done, **options)
     job.start()
     job._started.wait()
     return job

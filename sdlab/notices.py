@@ -6,6 +6,7 @@ preview); ``SdlabWarning`` means something is probably wrong and the user should
 """
 from __future__ import annotations
 
+import logging
 import warnings
 
 
@@ -23,3 +24,15 @@ def notice(message: str, *, stacklevel: int = 3) -> None:
 
 def warn(message: str, *, stacklevel: int = 3) -> None:
     warnings.warn(message, SdlabWarning, stacklevel=stacklevel)
+
+
+class _TorchvisionFallbackFilter(logging.Filter):
+    """transformers announces, on every import of the SD pipelines, that its image processors fall back
+    to PIL when torchvision is absent. sdlab needs no torchvision (the PIL path is the one SD always
+    used), so that red block in every notebook says nothing a user should act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed); falling back" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackFilter())

@@ -126,6 +126,7 @@ class Previewer:
     family: str = "sd1"
     vae: object | None = None  # pipeline VAE (for 'vae') or AutoencoderTiny (for 'taesd')
     min_interval: float | None = None
+    channels: bool = False  # the caller also wants the latent channels of each previewed step
     decoded: int = 0
     skipped: int = 0
     _last: float = field(default=-1e9, repr=False)

@@ -1,0 +1,257 @@
+"""The Studio: one cell, ``sdlab.Studio(lab)``, and a working image lab appears.
+
+State lives in ``studio.settings`` (a core :class:`Settings`); the controls observe and write it.
+Generation runs in the core's worker thread (``generate_async``); from there the Studio only assigns
+widget trait values (JPEG bytes, text), never Output contexts. Frames are throttled to ``max_fps``;
+a frame that comes too soon is held as *the* pending one and replaced by newer ones, so only the
+latest is ever sent when frames come faster than the browser should take them.
+"""
+from __future__ import annotations
+
+import html
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import ipywidgets as W
+
+from ..generation import Job, Run, Settings, StepEvent, native_size
+from ..previews import to_jpeg
+from .controls import SamplerPicker
+from .viewer import StepViewer
+
+PREVIEWS = [("approx (fast)", "approx"), ("TAESD", "taesd"), ("full VAE", "vae"), ("off", "off")]
+HISTORY_LIMIT = 24
+
+
+class Studio(W.VBox):
+    """Prompt, negative prompt, CFG, sampler, schedule, steps, seed, size and preview controls;
+    Generate and Stop; a live viewer with latent channels; step scrubbing; history; saving."""
+
+    def __init__(self, lab, settings: Settings | None = None, *, max_fps: float = 20.0, preview: str = "approx",
+                 preview_target: str = "x0", output_dir: str | Path = "outputs", **setting_kwargs):
+        self.lab = lab
+        base = settings or Settings(width=None, height=None)
+        self.settings = base.updated(**setting_kwargs)
+        size = self.settings.width or native_size(lab)
+        self.max_fps = float(max_fps)
+        self.job: Job | None = None
+        self.history: list[Run] = []
+        self.shown: Run | None = None
+        self.last_error: BaseException | None = None
+        self.idle = threading.Event()
+        self.idle.set()
+        self._pending: StepEvent | None = None
+        self._latest: StepEvent | None = None
+        self._last_frame = 0.0
+        self._t_start = 0.0
+        s = self.settings
+
+        wide = W.Layout(width="98%")
+        self.prompt = W.Textarea(value=s.prompt, placeholder="Prompt", description="Prompt", layout=wide, rows=2)
+        self.negative = W.Textarea(value=s.negative_prompt, placeholder="Negative prompt", description="Negative",
+                                   layout=wide, rows=1)
+        self.picker = SamplerPicker(s.sampler, s.schedule)
+        self.steps = W.IntSlider(value=s.steps, min=1, max=150, description="Steps")
+        self.cfg = W.FloatSlider(value=s.cfg, min=0.0, max=20.0, step=0.5, description="CFG scale")
+        self.seed_mode = W.ToggleButtons(options=["random", "fixed"], value="random" if s.seed is None else "fixed",
+                                         style={"button_width": "80px"}, description="Seed")
+        self.seed = W.IntText(value=s.seed or 0, layout=W.Layout(width="140px"))
+        self.reuse = W.Button(description="reuse last", icon="recycle", layout=W.Layout(width="110px"),
+                              tooltip="Fix the seed of the last run")
+        self.width = W.IntText(value=s.width or size, description="Width", layout=W.Layout(width="170px"))
+        self.height = W.IntText(value=s.height or size, description="Height", layout=W.Layout(width="170px"))
+        self.preview = W.Dropdown(options=PREVIEWS, value=preview, description="Preview", layout=W.Layout(width="220px"))
+        self.target = W.ToggleButtons(options=[("x0", "x0"), ("x_t", "xt")], value=preview_target,
+                                      style={"button_width": "50px"})
+        self.generate_button = W.Button(description="Generate", button_style="primary", icon="play")
+        self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
+        self.progress = W.HTML(value="ready")
+        self.error = W.HTML(value="")
+        self.viewer = StepViewer()
+        self.history_box = W.HBox(layout=W.Layout(overflow="auto", width="98%"))
+        self.save_dir = W.Text(value=str(output_dir), description="Save to", layout=W.Layout(width="360px"))
+        self.save_button = W.Button(description="Save PNG", icon="save", disabled=True)
+        self.save_status = W.HTML()
+        # stable class names for styling and for the browser test
+        self.progress.add_class("sdlab-progress")
+        self.error.add_class("sdlab-error")
+        self.viewer.panel.image.add_class("sdlab-image")
+        note = W.HTML("<b>Built-in tiny model</b>: random weights, so images are noise. "
+                      "Load a real model for pictures.") if getattr(lab, "is_tiny", False) else W.HTML()
+
+        for widget, name in ((self.prompt, "prompt"), (self.negative, "negative_prompt"), (self.steps, "steps"),
+                             (self.cfg, "cfg"), (self.width, "width"), (self.height, "height"),
+                             (self.picker.sampler, "sampler"), (self.picker.schedule, "schedule")):
+            widget.observe(self._writer(name), names="value")
+        self.seed.observe(lambda _: self._sync_seed(), names="value")
+        self.seed_mode.observe(lambda _: self._sync_seed(), names="value")
+        self.reuse.on_click(self._on_reuse)
+        self.generate_button.on_click(self.on_generate)
+        self.stop_button.on_click(self.on_stop)
+        self.save_button.on_click(self.on_save)
+
+        super().__init__([
+            note, self.prompt, self.negative,
+            W.HBox([self.picker, self.steps]),
+            W.HBox([self.cfg, self.seed_mode, self.seed, self.reuse]),
+            W.HBox([self.width, self.height, self.preview, self.target]),
+            W.HBox([self.generate_button, self.stop_button, self.progress]),
+            self.error, self.viewer,
+            W.HTML("<b>History</b> (this session)"), self.history_box,
+            W.HBox([self.save_dir, self.save_button, self.save_status]),
+        ])
+
+    # -- settings, the truth ---------------------------------------------------------------------
+    def _writer(self, name: str):
+        def write(change):
+            self.settings = replace(self.settings, **{name: change["new"]})
+        return write
+
+    def _sync_seed(self) -> None:
+        self.settings = replace(self.settings, seed=None if self.seed_mode.value == "random" else int(self.seed.value))
+
+    def _on_reuse(self, _=None) -> None:
+        if self.history:
+            self.seed.value = self.history[-1].settings.seed
+            self.seed_mode.value = "fixed"
+
+    def restore(self, settings: Settings) -> None:
+        """Put a run's settings back into the controls (and so into ``self.settings``)."""
+        self.prompt.value, self.negative.value = settings.prompt, settings.negative_prompt
+        self.picker.value = (settings.sampler, settings.schedule)
+        self.steps.value, self.cfg.value = settings.steps, settings.cfg
+        self.width.value, self.height.value = settings.width, settings.height
+        if settings.seed is not None:
+            self.seed.value = settings.seed
+            self.seed_mode.value = "fixed"
+        self.settings = replace(self.settings, schedule_params=dict(settings.schedule_params), eta=settings.eta,
+                                batch_size=settings.batch_size)
+
+    # -- actions ---------------------------------------------------------------------------------
+    def on_generate(self, _=None) -> None:
+        if self.job is not None and not self.job.done:
+            self._show_error("A run is already going. Press Stop, or wait for it to finish.")
+            return
+        self._show_error(None)
+        preview = None if self.preview.value == "off" else self.preview.value
+        self._pending = self._latest = None
+        self._t_start = time.perf_counter()
+        self.idle.clear()
+        try:
+            self.job = self.lab.generate_async(self.settings, preview=preview, preview_target=self.target.value,
+                                               preview_channels=True, on_step=self._on_step, on_done=self._on_done)
+        except Exception as exc:  # bad settings: said in the UI, nothing started
+            self.idle.set()
+            self._show_error(exc)
+            return
+        self.generate_button.disabled = True
+        self.stop_button.disabled = False
+        self.viewer.info.value = "<i>generating...</i>"
+        self.progress.value = f"starting: {html.escape(self.job.run.settings.sampler)}, seed {self.job.run.settings.seed}"
+
+    def on_stop(self, _=None) -> None:
+        if self.job is not None and not self.job.done:
+            self.job.stop()
+            self.progress.value += " &middot; stopping..."
+
+    def on_save(self, _=None) -> None:
+        run = self.shown
+        if run is None:
+            self.save_status.value = "Nothing to save yet."
+            return
+        index = self.history.index(run) + 1 if run in self.history else 0
+        try:
+            path = run.save(Path(self.save_dir.value).expanduser() / f"sdlab-{index:04d}-{run.settings.seed}.png")
+        except Exception as exc:
+            self.save_status.value = f"<span style='color:#b00'>Could not save: {html.escape(str(exc))}</span>"
+            return
+        self.save_status.value = f"saved {html.escape(str(path))}"
+
+    # -- from the worker thread: trait assignments only -------------------------------------------
+    def _on_step(self, event: StepEvent) -> None:
+        self._latest = event
+        if event.preview is not None:
+            self._pending = event
+        now = time.perf_counter()
+        if now - self._last_frame >= 1.0 / self.max_fps:
+            self._flush(now)
+
+    def _flush(self, now: float | None = None) -> None:
+        event, self._pending = self._pending, None
+        if event is not None:
+            self.viewer.panel.show(event.preview, event.channels)
+        if self._latest is not None:
+            self.progress.value = _progress(self._latest, time.perf_counter() - self._t_start)
+        self._last_frame = now or time.perf_counter()
+
+    def _on_done(self, job: Job) -> None:
+        try:
+            self._flush()
+            if job.error is not None:
+                self._show_error(job.error)
+                self.progress.value = "failed"
+                if job.run is not None and job.run.steps:
+                    self.viewer.show_run(job.run)
+                return
+            run = job.wait()
+            self._add_history(run)
+            self.show(run)
+            state = "stopped" if run.stopped else "done"
+            self.progress.value = (f"{state}: step {run.steps[-1].step}/{run.settings.steps} &middot; NFE {run.nfe} "
+                                   f"&middot; {run.seconds:.1f} s &middot; seed {run.settings.seed}")
+            for problem in run.problems:
+                self._show_error(problem)
+        finally:
+            self.generate_button.disabled = False
+            self.stop_button.disabled = True
+            self.idle.set()
+
+    def _show_error(self, error) -> None:
+        if error is None:
+            self.error.value = ""
+            return
+        if isinstance(error, BaseException):
+            self.last_error = error
+            text = f"{type(error).__name__}: {error}"
+        else:
+            text = str(error)
+        self.error.value = f"<div style='color:#b00;white-space:pre-wrap'>{html.escape(text)}</div>"
+
+    # -- history ---------------------------------------------------------------------------------
+    def show(self, run: Run) -> None:
+        self.shown = run
+        self.viewer.show_run(run)
+        if run.image is not None:
+            import numpy as np
+
+            self.viewer.panel.image.value = to_jpeg(np.asarray(run.image.convert("RGB")))
+        self.save_button.disabled = run.image is None
+
+    def _add_history(self, run: Run) -> None:
+        self.history.append(run)
+        del self.history[:-HISTORY_LIMIT]
+        self.history_box.children = [self._thumb(r, i) for i, r in enumerate(self.history, 1)]
+
+    def _thumb(self, run: Run, number: int) -> W.Widget:
+        import numpy as np
+
+        s = run.settings
+        img = W.Image(value=to_jpeg(np.asarray(run.image.convert("RGB")), max_side=96) if run.image else b"",
+                      format="jpeg", layout=W.Layout(width="96px", height="96px", object_fit="contain"))
+        show = W.Button(description=f"#{number} show", layout=W.Layout(width="96px"))
+        restore = W.Button(description="restore", layout=W.Layout(width="96px"),
+                           tooltip="Put this run's settings back into the controls")
+        show.on_click(lambda _: self.show(run))
+        restore.on_click(lambda _: self.restore(run.settings))
+        label = W.HTML(f"<small>{html.escape(s.sampler)}<br>{s.steps} steps, cfg {s.cfg:g}<br>seed {s.seed}"
+                       f"{' (stopped)' if run.stopped else ''}</small>")
+        return W.VBox([img, label, show, restore], layout=W.Layout(margin="0 6px 0 0"))
+
+
+def _progress(event: StepEvent, elapsed: float) -> str:
+    r = event.record
+    rate = r.step / elapsed if elapsed > 0 else 0.0
+    eta = (r.steps - r.step) / rate if rate > 0 else float("nan")
+    return f"step {r.step}/{r.steps} &middot; NFE {r.nfe} &middot; {rate:.1f} it/s &middot; ETA {eta:.0f} s"
