@@ -5,6 +5,7 @@ Views (build on the core): widgets, plots.
 """
 from __future__ import annotations
 
+from .analysis import Sweep, sweep
 from .generation import BusyError, GenerationError, Job, Run, Settings, StepEvent, StepRecord, generate, generate_async
 from .infotext import parse_infotext, read_settings
 from . import previews
@@ -28,7 +29,8 @@ from .noise_schedules import TrainingSchedule, schedules, sigmas
 
 __version__ = "0.1.0"
 
-_VIEWS = {"Studio": "sdlab.widgets", "StepViewer": "sdlab.widgets", "SamplerPicker": "sdlab.widgets"}
+_VIEWS = {"Studio": "sdlab.widgets", "StepViewer": "sdlab.widgets", "SamplerPicker": "sdlab.widgets",
+          "ScheduleExplorer": "sdlab.widgets", "plots": "sdlab.plots"}
 
 
 def __getattr__(name: str):
@@ -36,12 +38,13 @@ def __getattr__(name: str):
     if name in _VIEWS:
         import importlib
 
-        return getattr(importlib.import_module(_VIEWS[name]), name)
+        module = importlib.import_module(_VIEWS[name])
+        return module if module.__name__.endswith("." + name) else getattr(module, name)
     raise AttributeError(f"module 'sdlab' has no attribute {name!r}")
 
 __all__ = [
     "BusyError", "GenerationError", "Job", "Run", "Settings", "StepEvent", "StepRecord", "generate",
-    "generate_async", "parse_infotext", "read_settings",
+    "generate_async", "parse_infotext", "read_settings", "Sweep", "sweep",
     "DEFAULT_MODEL", "Lab", "LoadError", "ModelNotAvailable", "ModelUnloadedError", "SdlabNotice",
     "SdlabWarning", "UnsafeCheckpointError", "UnsupportedModelError", "load", "loaded", "max_resident",
     "set_max_resident", "unload", "__version__", "Plan", "Sampler", "describe", "effective_config",

@@ -16,6 +16,7 @@ keeps only the step metadata.
 """
 from __future__ import annotations
 
+import copy
 import gc
 import inspect
 import math
@@ -34,7 +35,7 @@ from .previews import Previewer, latent_channels, load_taesd
 from .sampler_catalog import Plan, effective_config, make_scheduler, plan, resolve
 
 ALIASES = {"guidance_scale": "cfg", "cfg_scale": "cfg", "num_inference_steps": "steps",
-           "num_images_per_prompt": "batch_size", "scheduler": "sampler", "schedule_type": "schedule"}
+           "num_images_per_prompt": "batch_size", "schedule_type": "schedule"}
 
 
 class GenerationError(RuntimeError):
@@ -170,7 +171,7 @@ def native_size(lab) -> int:
     return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
 
-def validate(lab, settings: Settings) -> Settings:
+def validate(lab, settings: Settings, *, catalog: bool = True) -> Settings:
     """Check everything before any work; fill in the seed and size. Errors say what to do."""
     s = settings
     if not isinstance(s.prompt, str) or not isinstance(s.negative_prompt, str):
@@ -195,7 +196,8 @@ def validate(lab, settings: Settings) -> Settings:
         seed = secrets.randbelow(2 ** 32)
     elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 63:
         raise ValueError(f"seed must be a whole number from 0 to 2**63-1 (or None for a random one), not {seed!r}.")
-    resolve(s.sampler, s.schedule)  # unknown names and impossible combinations raise here
+    if catalog:
+        resolve(s.sampler, s.schedule)  # unknown names and impossible combinations raise here
     return replace(s, width=int(width), height=int(height), seed=int(seed))
 
 
@@ -380,13 +382,15 @@ class _Tap:
 
 def generate(lab, prompt: str | Settings | None = None, *, preview: str | None = None, preview_target: str = "x0",
              preview_channels: bool = False, on_step: Callable[[StepEvent], Any] | None = None, record: bool = True,
-             stop: threading.Event | None = None, taesd=None, _started: Callable[[Run], Any] | None = None,
-             **kwargs) -> Run:
+             stop: threading.Event | None = None, taesd=None, scheduler=None,
+             _started: Callable[[Run], Any] | None = None, **kwargs) -> Run:
     """Run the pipeline, recording every step. See :class:`Settings` for the arguments; diffusers' names
     (guidance_scale, num_inference_steps, num_images_per_prompt) are accepted too.
 
     preview: None, "approx", "taesd" or "vae"; preview_target "x0" (predicted clean image) or "xt";
       preview_channels: also hand on_step the 4 latent channels of each previewed step.
+    scheduler: a diffusers scheduler to use as it is (a copy of it), instead of the catalog's sampler and
+      schedule: for experiments such as DDIM with a bad config. The run records it as "custom <class>".
     on_step: called with a StepEvent after every step (in the thread that runs the pipeline). On CUDA the
       record tensors are copied asynchronously and complete when the run ends; during the run read
       ``event.preview``, which is already on the host.
@@ -394,9 +398,14 @@ def generate(lab, prompt: str | Settings | None = None, *, preview: str | None =
     settings, options = _settings_and_options(prompt, kwargs)
     if options:
         raise TypeError(f"Unknown argument(s) {sorted(options)}. Settings: {', '.join(sorted(_SETTING_NAMES))}; "
-                        "options: preview, preview_target, preview_channels, on_step, record, stop, taesd.")
-    settings = validate(lab, settings)
-    scheduler = scheduler_for(lab, settings)
+                        "options: preview, preview_target, preview_channels, on_step, record, stop, taesd, scheduler.")
+    if scheduler is not None:
+        settings = validate(lab, replace(settings, sampler=f"custom {type(scheduler).__name__}", schedule="custom"),
+                            catalog=False)
+        scheduler = copy.deepcopy(scheduler)
+    else:
+        settings = validate(lab, settings)
+        scheduler = scheduler_for(lab, settings)
     previewer = None
     if preview is not None:
         vae = None
@@ -410,8 +419,12 @@ def generate(lab, prompt: str | Settings | None = None, *, preview: str | None =
         raise BusyError("A run is already going on this model. Stop it (job.stop()) or wait for it "
                         "(job.wait()) before starting another; runs on one pipeline are not queued.")
     try:
-        spec, concrete = resolve(settings.sampler, settings.schedule)
-        report = {"sampler": spec.name, "schedule": concrete, "class": type(scheduler).__name__,
+        if settings.schedule == "custom":
+            sampler_name, concrete = settings.sampler, "custom"
+        else:
+            spec, concrete = resolve(settings.sampler, settings.schedule)
+            sampler_name = spec.name
+        report = {"sampler": sampler_name, "schedule": concrete, "class": type(scheduler).__name__,
                   "changes": {k: [_jsonable(a), _jsonable(b)] for k, (a, b) in
                               effective_config(scheduler, lab.default_scheduler).items()}}
         run = Run(settings=settings, model=lab.source, family=lab.family, device=str(lab.device),

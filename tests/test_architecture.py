@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 CORE = ["sdlab", "sdlab.models", "sdlab.noise_schedules", "sdlab.sampler_catalog", "sdlab.generation",
-        "sdlab.previews", "sdlab.infotext", "sdlab.devices", "sdlab.tiny"]
+        "sdlab.previews", "sdlab.infotext", "sdlab.devices", "sdlab.tiny", "sdlab.analysis"]
 
 
 def test_core_imports_no_views():

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .controls import SamplerPicker
+from .schedules import ScheduleExplorer
 from .studio import Studio
 from .viewer import StepViewer
 
-__all__ = ["SamplerPicker", "StepViewer", "Studio"]
+__all__ = ["SamplerPicker", "ScheduleExplorer", "StepViewer", "Studio"]

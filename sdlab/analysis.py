@@ -1,0 +1,126 @@
+"""Numbers about runs and schedules, for plots and lessons. Pure functions over core objects."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import noise_schedules as S
+from .generation import Run, Settings, StepRecord, validate
+from .sampler_catalog import resolve
+
+SIGMA_BANDS = (float("inf"), 5.0, 1.0, 0.2, 0.0)  # high noise (composition) ... low noise (detail)
+
+
+def steps_per_band(sigmas: np.ndarray, edges: Sequence[float] = SIGMA_BANDS) -> list[int]:
+    """How many steps start in each sigma band (edges high to low): where a schedule spends its steps."""
+    starts = np.asarray(sigmas, dtype=np.float64)[:-1]
+    return [int(np.sum((starts <= hi) & (starts > lo))) for hi, lo in zip(edges, edges[1:])]
+
+
+def last_record_per_step(run: Run) -> dict[int, StepRecord]:
+    """The record that completes each user step (Heun-type samplers record two per step)."""
+    out: dict[int, StepRecord] = {}
+    for r in run.steps:
+        out[r.step] = r
+    return out
+
+
+@dataclass(frozen=True)
+class RunStats:
+    steps: np.ndarray  # user step of each record
+    sigma: np.ndarray
+    x0_change: np.ndarray  # ||x0_k - x0_{k-1}|| / ||x0_k|| (nan for the first)
+    latent_mean: np.ndarray
+    latent_std: np.ndarray
+    nfe: np.ndarray
+
+
+def run_stats(run: Run) -> RunStats:
+    if not run.steps or run.steps[0].latents is None:
+        raise ValueError("This run kept no tensors (record=False); generate with record=True to analyse it.")
+    x0 = [r.x0.float() for r in run.steps]
+    change = [float("nan")] + [float((b - a).norm() / b.norm().clamp_min(1e-12)) for a, b in zip(x0, x0[1:])]
+    lat = [r.latents.float() * r.xt_scale for r in run.steps]
+    return RunStats(steps=np.array([r.step for r in run.steps]),
+                    sigma=np.array([np.nan if r.sigma is None else r.sigma for r in run.steps]),
+                    x0_change=np.array(change), latent_mean=np.array([float(t.mean()) for t in lat]),
+                    latent_std=np.array([float(t.std()) for t in lat]), nfe=np.array([r.nfe for r in run.steps]))
+
+
+def cfg_parts(record: StepRecord, cfg: float) -> dict[str, torch.Tensor]:
+    """The pieces of classifier-free guidance at one step: eps = eps_u + s (eps_c - eps_u)."""
+    if record.noise_cond is None:
+        raise ValueError("This record has no noise predictions (record=False).")
+    cond = record.noise_cond.float()
+    if record.noise_uncond is None:  # cfg <= 1: the pipeline made one prediction
+        return {"cond": cond, "combined": cond}
+    uncond = record.noise_uncond.float()
+    guidance = cond - uncond
+    return {"uncond": uncond, "cond": cond, "guidance": guidance, "combined": uncond + cfg * guidance}
+
+
+def tensor_summary(t: torch.Tensor) -> dict[str, float]:
+    t = t.float()
+    return {"mean": float(t.mean()), "std": float(t.std()), "min": float(t.min()), "max": float(t.max()),
+            "norm": float(t.norm())}
+
+
+@dataclass
+class Sweep:
+    """A grid of runs: rows along ``y``, columns along ``x`` (A1111's X/Y plot)."""
+
+    x: str
+    x_values: list
+    y: str | None
+    y_values: list
+    runs: list[list[Run | None]]  # [row][column]; None where a cell could not run (skip_invalid)
+    errors: dict[tuple[int, int], str]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.runs), len(self.runs[0]) if self.runs else 0
+
+
+def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any], y: str | None = None,
+          y_values: Sequence[Any] = (None,), skip_invalid: bool = False, **settings) -> Sweep:
+    """Run every (y, x) combination of two settings at a fixed seed; check each cell used what it names.
+
+    x / y: a Settings field ("sampler", "schedule", "steps", "cfg", "seed", ...). Every cell is validated
+    before the first run, so a bad combination fails fast (or, with skip_invalid, leaves that cell empty)."""
+    base = (base or Settings()).updated(**settings)
+    if base.seed is None:
+        base = replace(base, seed=0)
+    cells: dict[tuple[int, int], Settings] = {}
+    errors: dict[tuple[int, int], str] = {}
+    for i, yv in enumerate(y_values):
+        for j, xv in enumerate(x_values):
+            cell = base.updated(**{x: xv}) if y is None else base.updated(**{x: xv, y: yv})
+            try:
+                cells[i, j] = validate(lab, cell)
+            except ValueError as exc:
+                if not skip_invalid:
+                    raise ValueError(f"Cell {y}={yv!r}, {x}={xv!r} cannot run: {exc}") from exc
+                errors[i, j] = str(exc)
+    runs: list[list[Run | None]] = [[None] * len(x_values) for _ in y_values]
+    for (i, j), cell in cells.items():
+        run = lab.generate(cell)
+        spec, schedule = resolve(cell.sampler, cell.schedule)
+        if run.scheduler_report["sampler"] != spec.name or run.scheduler_report["schedule"] != schedule:
+            raise RuntimeError(f"Cell ({i}, {j}) asked for {spec.name} / {schedule} but ran "
+                               f"{run.scheduler_report['sampler']} / {run.scheduler_report['schedule']}.")
+        runs[i][j] = run
+    return Sweep(x=x, x_values=list(x_values), y=y, y_values=list(y_values), runs=runs, errors=errors)
+
+
+def schedule_table(names: Sequence[str], n: int, model: S.TrainingSchedule | None = None, family: str = "sd1",
+                   **params) -> dict[str, np.ndarray]:
+    """Sigmas of several schedule types for one model's range (parameters go to the types that take them)."""
+    out = {}
+    for name in names:
+        key = S.resolve_schedule(name)
+        own = {k: v for k, v in params.items() if k in S.SCHEDULES[key].params}
+        out[key] = S.sigmas(key, n, model=model, family=family, **own)
+    return out

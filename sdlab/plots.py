@@ -1,0 +1,285 @@
+"""Plots of what the core computes: schedules, plans, runs, step grids, X/Y sweeps, animations.
+
+Every function takes ``ax=`` (or ``axes=``) to draw into, or makes its own matplotlib Figure (no pyplot
+state), and returns a :class:`Drawn`: the figure, the axes and the artists it drew, keyed by what they
+show. A Drawn displays itself in a notebook.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from . import noise_schedules as S
+from .analysis import Sweep, last_record_per_step, run_stats, schedule_table, steps_per_band
+from .generation import Run
+from .previews import approx_rgb, vae_rgb
+from .sampler_catalog import plan as scheduler_plan
+
+DEFAULT_SCHEDULES = ("uniform", "karras", "exponential", "polyexponential", "sgm_uniform", "kl_optimal",
+                     "align_your_steps", "beta")
+Y_AXES = ("sigma", "log_sigma", "timestep", "snr", "log_snr")
+
+
+@dataclass
+class Drawn:
+    figure: Figure
+    axes: list
+    artists: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ax(self):
+        return self.axes[0]
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(self.figure)
+
+    def save(self, path, **kwargs) -> Path:
+        self.figure.savefig(path, bbox_inches="tight", **kwargs)
+        return Path(path)
+
+
+def png_bytes(figure: Figure, dpi: int = 96) -> bytes:
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _axes(ax, figsize=(7, 4.2)):
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _training(model) -> tuple[S.TrainingSchedule, str]:
+    """A TrainingSchedule and family from a Lab, a scheduler, a TrainingSchedule or None (SD's)."""
+    from .models import Lab
+
+    if model is None:
+        return S.TrainingSchedule.stable_diffusion(), "sd1"
+    if isinstance(model, S.TrainingSchedule):
+        return model, "sd1"
+    if isinstance(model, Lab):
+        return S.TrainingSchedule.from_config(model.default_scheduler.config), model.family
+    if hasattr(model, "alphas_cumprod"):
+        return S.TrainingSchedule(model.alphas_cumprod.double().numpy()), "sd1"
+    return S.TrainingSchedule.from_config(model), "sd1"
+
+
+def _y(values: np.ndarray, y: str, training: S.TrainingSchedule) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    if y == "sigma":
+        return v
+    if y == "log_sigma":
+        with np.errstate(divide="ignore"):
+            return np.log(v)
+    if y == "timestep":
+        return training.sigma_to_t(v)
+    if y == "snr":
+        return S.snr(v)
+    if y == "log_snr":
+        return S.log_snr(v)
+    raise ValueError(f"y must be one of {', '.join(Y_AXES)}, not {y!r}.")
+
+
+_Y_LABEL = {"sigma": "sigma", "log_sigma": "log sigma", "timestep": "timestep t", "snr": "SNR = 1/sigma^2",
+            "log_snr": "log SNR"}
+
+
+def plot_schedules(names: Sequence[str] = DEFAULT_SCHEDULES, n: int = 20, model=None, *, y: str = "sigma",
+                   x: str = "step", include_final: bool | None = None, ax=None, **params) -> Drawn:
+    """Several schedule types over one model's sigma range. y: sigma, log_sigma, timestep, snr or log_snr;
+    x: "step" (0..n) or "time" (normalised 0..1). The final 0 is left out where y cannot show it."""
+    training, family = _training(model)
+    table = schedule_table(names, n, training, family, **params)
+    fig, ax = _axes(ax)
+    keep_final = include_final if include_final is not None else y == "sigma"
+    lines = {}
+    for name, sig in table.items():
+        values = sig if keep_final else sig[:-1]
+        xs = np.arange(len(values)) if x == "step" else np.arange(len(values)) / n
+        label = S.SCHEDULES[name].a1111 or name
+        (lines[name],) = ax.plot(xs, _y(values, y, training), marker=".", label=label)
+    ax.set_xlabel("step" if x == "step" else "normalised time (step / n)")
+    ax.set_ylabel(_Y_LABEL[y])
+    if y == "sigma":
+        ax.set_yscale("log" if not keep_final else "linear")
+    ax.set_title(f"{n} steps, sigma {training.sigma_min:.4f} .. {training.sigma_max:.2f}")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return Drawn(fig, [ax], lines)
+
+
+def plot_plan(scheduler, n: int, *, formula: bool = True, model=None, y: str = "sigma", ax=None,
+              label: str | None = None) -> Drawn:
+    """What a configured scheduler really does (from the scheduler itself), beside its schedule's formula."""
+    p = scheduler_plan(scheduler, n)
+    training, family = _training(model if model is not None else scheduler)
+    fig, ax = _axes(ax)
+    name = label or f"{getattr(scheduler, 'sdlab_sampler', type(scheduler).__name__)} (scheduler)"
+    artists = {}
+    keep = p.sigmas if y == "sigma" else p.sigmas[:-1]
+    (artists["scheduler"],) = ax.plot(np.arange(len(keep)), _y(keep, y, training), "o", label=name)
+    schedule = getattr(scheduler, "sdlab_schedule", None)
+    if formula and schedule in S.SCHEDULES:
+        st = S.SCHEDULES[schedule]
+        sig = S.sigmas(schedule, n, model=training, family=family, **getattr(scheduler, "sdlab_schedule_params", {}))
+        keep_f = sig if y == "sigma" else sig[:-1]
+        (artists["formula"],) = ax.plot(np.arange(len(keep_f)), _y(keep_f, y, training), "-",
+                                        label=f"{st.a1111 or schedule} formula")
+    ax.set_xlabel("step")
+    ax.set_ylabel(_Y_LABEL[y])
+    ax.set_title(f"{n} steps, {p.nfe} UNet calls")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return Drawn(fig, [ax], artists)
+
+
+def plot_step_allocation(names: Sequence[str] = DEFAULT_SCHEDULES, n: int = 20, model=None, ax=None) -> Drawn:
+    """How many of n steps each schedule spends at high noise (composition) and at low noise (detail)."""
+    training, family = _training(model)
+    table = schedule_table(names, n, training, family)
+    bands = ["sigma > 5", "1 - 5", "0.2 - 1", "< 0.2"]
+    fig, ax = _axes(ax, figsize=(8, 4))
+    width = 0.8 / len(table)
+    bars = {}
+    for k, (name, sig) in enumerate(table.items()):
+        counts = steps_per_band(sig)
+        bars[name] = ax.bar(np.arange(len(bands)) + k * width, counts, width, label=S.SCHEDULES[name].a1111 or name)
+    ax.set_xticks(np.arange(len(bands)) + 0.4 - width / 2, bands)
+    ax.set_ylabel(f"steps (of {n}) starting in the band")
+    ax.legend(fontsize="small", ncols=2)
+    return Drawn(fig, [ax], bars)
+
+
+def plot_run(run: Run, axes=None) -> Drawn:
+    """Sigma per step, how much the x0 estimate still changes, and latent statistics per step."""
+    stats = run_stats(run)
+    if axes is None:
+        fig = Figure(figsize=(12, 3.6), layout="constrained")
+        axes = fig.subplots(1, 3)
+    else:
+        fig = axes[0].figure
+    idx = np.arange(1, len(stats.sigma) + 1)
+    a = {}
+    (a["sigma"],) = axes[0].plot(idx, stats.sigma, "o-")
+    axes[0].set(title="sigma after each call", xlabel="UNet call", ylabel="sigma")
+    (a["x0_change"],) = axes[1].plot(idx, stats.x0_change, "o-", color="C1")
+    axes[1].set(title="change of the x0 estimate", xlabel="UNet call", ylabel="||dx0|| / ||x0||", yscale="log")
+    (a["latent_std"],) = axes[2].plot(idx, stats.latent_std, "o-", color="C2", label="std")
+    (a["latent_mean"],) = axes[2].plot(idx, stats.latent_mean, "o-", color="C3", label="mean")
+    axes[2].set(title="latents x_t (VP-scaled)", xlabel="UNet call")
+    axes[2].legend(fontsize="small")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{run.scheduler_report.get('sampler')} / {run.scheduler_report.get('schedule')}, "
+                 f"{run.settings.steps} steps, NFE {run.nfe}")
+    return Drawn(fig, list(axes), a)
+
+
+def _decode(record, target: str, family: str, vae=None) -> np.ndarray:
+    t = record.x0 if target == "x0" else record.latents
+    if t is None:
+        raise ValueError("The run kept no tensors (record=False): nothing to show per step.")
+    t = t.float() if target == "x0" else t.float() * record.xt_scale
+    return vae_rgb(vae, t) if vae is not None else approx_rgb(t, family)
+
+
+def pick_steps(n: int, count: int = 6) -> list[int]:
+    """count user steps spread over 1..n, always including the last."""
+    return sorted({int(round(v)) for v in np.linspace(1, n, min(count, n))})
+
+
+def step_grid(runs: Sequence[Run] | Sweep, steps: Sequence[int] | int = 6, *, target: str = "x0",
+              labels: Sequence[str] | None = None, vae=None, cell: float = 1.6) -> Drawn:
+    """Rows: runs (one per sampler, say); columns: chosen steps; each cell the x0 or x_t preview at that step,
+    step numbers in the header (the figure of the Habr article 'Experiments with Schedulers')."""
+    if isinstance(runs, Sweep):
+        runs = [r for row in runs.runs for r in row if r is not None]
+    runs = list(runs)
+    if not runs:
+        raise ValueError("step_grid needs at least one run.")
+    n = max(r.settings.steps for r in runs)
+    cols = pick_steps(n, steps) if isinstance(steps, int) else list(steps)
+    fig = Figure(figsize=(cell * len(cols) + 1.8, cell * len(runs) + 0.5), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(runs), len(cols), squeeze=False))
+    images = [[None] * len(cols) for _ in runs]
+    labels = list(labels) if labels is not None else [
+        f"{r.scheduler_report.get('sampler')}\n{r.scheduler_report.get('schedule')}, NFE {r.nfe}" for r in runs]
+    for i, run in enumerate(runs):
+        per_step = last_record_per_step(run)
+        for j, k in enumerate(cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k in per_step:
+                images[i][j] = ax.imshow(_decode(per_step[k], target, run.family, vae), interpolation="nearest")
+            if i == 0:
+                ax.set_title(f"step {k}", color="#c00", fontsize="medium")
+            if j == 0:
+                ax.set_ylabel(labels[i], fontsize="small")
+    fig.suptitle(f"{'x0 (predicted clean image)' if target == 'x0' else 'x_t (latents)'} by step")
+    return Drawn(fig, list(axes.ravel()), {"images": images, "steps": cols, "labels": labels})
+
+
+def xy_plot(result: Sweep, *, cell: float = 2.0, vae=None, target: str = "image") -> Drawn:
+    """A1111's X/Y plot: final images of a sweep; each cell says the sampler, schedule and NFE it used."""
+    rows, cols = result.shape
+    fig = Figure(figsize=(cell * cols + 1.5, cell * rows + 0.8), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    images = [[None] * cols for _ in range(rows)]
+    titles = [[None] * cols for _ in range(rows)]
+    for i in range(rows):
+        for j in range(cols):
+            ax, run = axes[i, j], result.runs[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if run is None:
+                ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
+                titles[i][j] = "n/a"
+            else:
+                img = np.asarray(run.image.convert("RGB")) if target == "image" else \
+                    _decode(run.steps[-1], target, run.family, vae)
+                images[i][j] = ax.imshow(img)
+                rep = run.scheduler_report
+                titles[i][j] = f"{rep['sampler']} / {rep['schedule']}, NFE {run.nfe}"
+                ax.set_title(f"{result.x}={result.x_values[j]}\n{titles[i][j]}", fontsize="x-small")
+            if j == 0 and result.y is not None:
+                ax.set_ylabel(f"{result.y}={result.y_values[i]}", fontsize="small")
+    return Drawn(fig, list(axes.ravel()), {"images": images, "titles": titles})
+
+
+def animate_run(run: Run, path, *, target: str = "x0", fps: int = 6, size: int = 256, vae=None) -> Path:
+    """An animation of a run, one frame per step: GIF with Pillow, MP4 with imageio-ffmpeg (pip install
+    'sdlab[video]')."""
+    from PIL import Image
+
+    path = Path(path)
+    frames = []
+    for rec in last_record_per_step(run).values():
+        img = Image.fromarray(_decode(rec, target, run.family, vae))
+        scale = max(1, size // max(img.size))
+        frames.append(img.resize((img.width * scale, img.height * scale), Image.NEAREST))
+    if not frames:
+        raise ValueError("The run has no recorded steps to animate.")
+    suffix = path.suffix.lower()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".gif":
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    elif suffix == ".mp4":
+        try:
+            import imageio.v2 as imageio
+            import imageio_ffmpeg  # noqa: F401  (ships its own ffmpeg binary)
+        except ImportError as exc:
+            raise ImportError("Writing MP4 needs imageio with ffmpeg: pip install 'sdlab[video]' "
+                              "(imageio, imageio-ffmpeg); or save as .gif.") from exc
+        even = [np.asarray(f.resize((max(16, f.width // 16 * 16), max(16, f.height // 16 * 16)))) for f in frames]
+        imageio.mimwrite(path, even, fps=fps, codec="libx264", quality=8, macro_block_size=16)
+    else:
+        raise ValueError(f"Animate to .gif or .mp4, not {suffix or 'no suffix'!r}.")
+    return path

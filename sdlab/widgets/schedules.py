@@ -1,0 +1,53 @@
+"""The schedule explorer: schedule types, step count and rho as controls; the plot updates in place."""
+from __future__ import annotations
+
+import ipywidgets as W
+import numpy as np
+
+from .. import noise_schedules as S
+from ..plots import DEFAULT_SCHEDULES, Y_AXES, _training, _y, plot_schedules, png_bytes
+
+
+class ScheduleExplorer(W.VBox):
+    """Pick schedule types, n, rho and the y axis; the figure is drawn once, then its lines are mutated
+    (``set_data``) and re-rendered into the same Image widget."""
+
+    def __init__(self, model=None, names=("uniform", "karras", "exponential", "align_your_steps"), n: int = 20,
+                 rho: float = 7.0):
+        self.training, self.family = _training(model)
+        options = [(S.SCHEDULES[k].a1111 or k, k) for k in DEFAULT_SCHEDULES]
+        self.names = W.SelectMultiple(options=options, value=tuple(S.resolve_schedule(x) for x in names),
+                                      description="Schedules", rows=len(options))
+        self.n = W.IntSlider(value=n, min=2, max=100, description="Steps")
+        self.rho = W.FloatSlider(value=rho, min=1.0, max=15.0, step=0.5, description="rho (Karras)")
+        self.y = W.Dropdown(options=list(Y_AXES), value="sigma", description="y axis")
+        self.image = W.Image(format="png")
+        self.renders = 0
+        self.drawn = plot_schedules(DEFAULT_SCHEDULES, n, self.training, y="sigma", rho=rho)
+        for c in (self.names, self.n, self.rho, self.y):
+            c.observe(lambda _: self.update(), names="value")
+        super().__init__([W.HBox([self.names, W.VBox([self.n, self.rho, self.y])]), self.image])
+        self.update()
+
+    @property
+    def lines(self):
+        return self.drawn.artists
+
+    def update(self) -> None:
+        n, y = self.n.value, self.y.value
+        shown = set(self.names.value)
+        for name, line in self.lines.items():
+            params = {"rho": self.rho.value} if name == "karras" else {}
+            sig = S.sigmas(name, n, model=self.training, family=self.family, **params)
+            values = sig if y == "sigma" else sig[:-1]
+            line.set_data(np.arange(len(values)), _y(values, y, self.training))
+            line.set_visible(name in shown)
+        ax = self.drawn.ax
+        ax.set_yscale("linear")
+        ax.relim(visible_only=True)
+        ax.autoscale_view()
+        ax.set_ylabel(y.replace("_", " "))
+        ax.set_title(f"{n} steps" + (f", Karras rho {self.rho.value:g}" if "karras" in shown else ""))
+        ax.legend(handles=[l for l in self.lines.values() if l.get_visible()], fontsize="small")
+        self.image.value = png_bytes(self.drawn.figure)
+        self.renders += 1
