@@ -233,14 +233,14 @@ def load(model: str | os.PathLike | None = None, *, device: str = "auto", dtype:
         except ModelNotAvailable as exc:
             notice(f"sdlab: the default model {requested!r} is not available ({exc}). "
                    "Falling back to the built-in tiny model: random weights, so images are noise.", stacklevel=3)
-            lab = _load_source(TINY, dev, dt, None, False, offline, {})
+            lab = _load_source(TINY, dev, dt, None, False, offline, {}, announce=False)
             lab.requested = requested
             return lab
     return _load_source(os.fspath(model), dev, dt, variant, allow_pickle, offline, pipeline_kwargs)
 
 
 def _load_source(model: str, dev: torch.device, dt: torch.dtype, variant: str | None, allow_pickle: bool,
-                 offline: bool, pipeline_kwargs: dict) -> Lab:
+                 offline: bool, pipeline_kwargs: dict, announce: bool = True) -> Lab:
     kind, source = classify_source(model, allow_pickle=allow_pickle)
     key: _Key = (source, str(dev), devices.dtype_name(dt), variant)
     with _REGISTRY_LOCK:
@@ -261,7 +261,7 @@ def _load_source(model: str, dev: torch.device, dt: torch.dtype, variant: str | 
             del pipe
             gc.collect()
             raise
-        if kind == "tiny":
+        if kind == "tiny" and announce:
             notice("sdlab: using the built-in tiny model: random weights, so its images are noise. "
                    "Load a real model with sdlab.load('<hub id, folder or .safetensors file>') for pictures.", stacklevel=4)
         lab = Lab(source=source, kind=kind, family=family, device=dev, dtype=dt, variant=variant, _pipe=pipe,

@@ -43,6 +43,11 @@ class Drawn:
         return Path(path)
 
 
+def show(figure: Figure) -> Drawn:
+    """Wrap a figure you drew yourself so that a notebook displays it (no pyplot needed)."""
+    return Drawn(figure, list(figure.axes))
+
+
 def png_bytes(figure: Figure, dpi: int = 96) -> bytes:
     buf = io.BytesIO()
     figure.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
