@@ -38,7 +38,14 @@ def three_way_guidance(lab, negative_scale: float = 1.0, cfg: float = 7.0):
     if cfg == 1:
         raise ValueError("The three-way rewrite divides by (cfg - 1); use a guidance scale other than 1.")
     pipe = lab.pipe
-    empty, _ = pipe.encode_prompt("", pipe.device, 1, False)
+    encoded = pipe.encode_prompt(prompt="", device=pipe.device, num_images_per_prompt=1,
+                                 do_classifier_free_guidance=False)
+    empty = encoded[0]
+    empty_pooled = encoded[2] if len(encoded) > 2 else None  # SDXL's pooled text embedding
+    if getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+        # SDXL's own unconditional input for an empty prompt is zeros: use the same here
+        empty = torch.zeros_like(empty)
+        empty_pooled = torch.zeros_like(empty_pooled) if empty_pooled is not None else None
     state = ThreeWay(negative_scale=float(negative_scale))
 
     def hook(module, args, kwargs, output):
@@ -51,8 +58,11 @@ def three_way_guidance(lab, negative_scale: float = 1.0, cfg: float = 7.0):
         extra = {k: v for k, v in kwargs.items() if k not in ("sample", "timestep", "encoder_hidden_states")}
         extra["return_dict"] = False
         added = extra.get("added_cond_kwargs")
-        if added:  # SDXL: take the positive half of its extra conditioning
-            extra["added_cond_kwargs"] = {k: v[half:] for k, v in added.items()}
+        if added:  # SDXL: the positive half of its extra conditioning, with the empty prompt's pooled embedding
+            added = {k: v[half:] for k, v in added.items()}
+            if empty_pooled is not None and "text_embeds" in added:
+                added["text_embeds"] = empty_pooled.expand(half, -1).to(added["text_embeds"].dtype)
+            extra["added_cond_kwargs"] = added
         # module.forward, not module(...): no hooks (sdlab's recording included) see this extra call
         eps_empty = module.forward(sample[half:], timestep, encoder_hidden_states=empty.expand(half, -1, -1).to(ctx.dtype),
                                    **extra)[0]

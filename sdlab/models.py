@@ -24,7 +24,7 @@ import torch
 
 from . import devices
 from .notices import notice
-from .tiny import build_tiny_pipeline
+from .tiny import TINY_BUILDERS, build_tiny_pipeline  # noqa: F401  (tests use build_tiny_pipeline)
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY = "tiny"
@@ -209,7 +209,8 @@ def load(model: str | os.PathLike | None = None, *, device: str = "auto", dtype:
     """Load a Stable Diffusion model once and keep it resident; return its :class:`Lab` handle.
 
     model: a hub id ("stable-diffusion-v1-5/stable-diffusion-v1-5"), a local diffusers folder, a single
-      ``.safetensors`` checkpoint, or "tiny" (built-in random weights). None means ``$SDLAB_MODEL`` if
+      ``.safetensors`` checkpoint, or "tiny" / "tiny-sdxl" (built-in random weights, SD 1.x or SDXL
+      architecture). None means ``$SDLAB_MODEL`` if
       set, else ``DEFAULT_MODEL``; if that is not cached and cannot be downloaded, the tiny model is used
       with a notice.
     device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps".
@@ -275,8 +276,8 @@ def classify_source(model: str, *, allow_pickle: bool = False) -> tuple[SourceKi
     if not isinstance(model, str) or not model.strip():
         raise LoadError(f"model must be a hub id, a folder, a .safetensors file or 'tiny', not {model!r}.")
     model = model.strip()
-    if model.lower() == TINY:
-        return "tiny", TINY
+    if model.lower() in TINY_BUILDERS:
+        return "tiny", model.lower()
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -363,7 +364,7 @@ def _load_pipeline(kind: SourceKind, source: str, dt: torch.dtype, variant: str 
                    kwargs: dict):
     """Read the weights. Separate so tests can count how often real loading work happens."""
     if kind == "tiny":
-        return build_tiny_pipeline(dt)
+        return TINY_BUILDERS[source](dt)
     from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     common = dict(dtype=dt, **kwargs)

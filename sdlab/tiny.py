@@ -95,3 +95,59 @@ def build_tiny_pipeline(dtype: torch.dtype = torch.float32):
         # plain nn.Module.to: diffusers' override warns about fp32-only modules, which these have none of
         torch.nn.Module.to(module.eval(), dtype=dtype)
     return pipe
+
+
+# SDXL base's shipped scheduler config (stabilityai/stable-diffusion-xl-base-1.0, scheduler/).
+SDXL_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "interpolation_type": "linear",
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "use_karras_sigmas": False,
+}
+
+
+def build_tiny_sdxl_pipeline(dtype: torch.dtype = torch.float32):
+    """A tiny StableDiffusionXLPipeline: two CLIP text encoders (the second with a projection), the
+    text_time added conditioning, SDXL's Euler scheduler config and VAE scaling. Random weights."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer()
+    text_cfg = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                    num_hidden_layers=2, max_position_embeddings=77, projection_dim=32,
+                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED + 1)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_cfg))
+        # SDXL's layout (levels without, then with attention; linear projections; text_time conditioning)
+        unet = UNet2DConditionModel(
+            sample_size=TINY_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(16, 32, 32), down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2,
+            up_block_types=("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",), cross_attention_dim=64,
+            attention_head_dim=(2, 4, 4), use_linear_projection=True, transformer_layers_per_block=(1, 1, 2),
+            addition_embed_type="text_time", addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=8 * 6 + 32, norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            sample_size=TINY_SIZE, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+            block_out_channels=(8, 8, 16, 16), norm_num_groups=4, scaling_factor=0.13025,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
+        add_watermarker=False,
+    )
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        torch.nn.Module.to(module.eval(), dtype=dtype)
+    return pipe
+
+
+TINY_BUILDERS = {"tiny": build_tiny_pipeline, "tiny-sdxl": build_tiny_sdxl_pipeline}

@@ -251,3 +251,33 @@ def test_bit_identical_on_cuda(clean_registry):
         run = lab.generate(PROMPT, negative_prompt=NEGATIVE, sampler=sampler, steps=4, seed=11, preview="approx")
         assert run.image.tobytes() == _plain(lab, sampler)[0].tobytes()
         assert all(r.seconds > 0 for r in run.steps[1:])
+
+
+@pytest.fixture
+def xl(tiny):
+    lab = sdlab.load("tiny-sdxl")
+    lab.pipe.set_progress_bar_config(disable=True)
+    return lab
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "Heun", "DDIM"])
+def test_sdxl_runs_are_bit_identical_too(xl, sampler):
+    run = xl.generate(PROMPT, negative_prompt=NEGATIVE, sampler=sampler, steps=4, seed=11, cfg=7.0, preview="approx")
+    assert run.image.tobytes() == _plain(xl, sampler)[0].tobytes()
+    assert run.family == "sdxl" and run.steps[0].noise_uncond.shape == (1, 4, 8, 8)
+
+
+def test_v_prediction_x0_lands_on_the_final_latents(clean_registry, tiny_folder, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "v"
+    shutil.copytree(tiny_folder, folder)
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "v_prediction"}))
+    lab = sdlab.load(folder)
+    lab.pipe.set_progress_bar_config(disable=True)
+    for sampler in ("DPM++ 2M", "Euler"):  # x0 computed by sdlab, and the scheduler's own
+        run = lab.generate(PROMPT, sampler=sampler, steps=5, seed=2)
+        scale = run.final_latents.abs().max().item()
+        assert torch.allclose(run.steps[-1].x0.float(), run.final_latents, atol=scale * 2e-3)

@@ -288,3 +288,31 @@ def test_default_model_from_the_local_cache(clean_registry):
     except sdlab.ModelNotAvailable:
         pytest.skip(f"{sdlab.DEFAULT_MODEL} is not in the local Hugging Face cache")
     assert lab.family == "sd1"
+
+
+def test_tiny_sdxl_is_detected_as_sdxl(clean_registry):
+    lab = sdlab.load("tiny-sdxl")
+    assert lab.family == "sdxl" and lab.is_tiny and type(lab.pipe).__name__ == "StableDiffusionXLPipeline"
+    assert lab.pipe.text_encoder_2 is not None and lab.pipe.vae.config.scaling_factor == 0.13025
+    assert sdlab.load("TINY-SDXL") is lab
+
+
+def test_family_detection_from_the_unet(tiny):
+    pipe = models.build_tiny_pipeline()
+    assert models.detect_family(pipe) == "sd1"
+    pipe.unet.register_to_config(cross_attention_dim=1024)  # OpenCLIP ViT-H width: SD 2.x
+    assert models.detect_family(pipe) == "sd2"
+
+
+def test_v_prediction_is_recorded(clean_registry, tiny_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "v-model"
+    shutil.copytree(tiny_folder, folder)
+    cfg_path = folder / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["prediction_type"] = "v_prediction"
+    cfg_path.write_text(json.dumps(cfg))
+    lab = sdlab.load(folder)
+    assert lab.prediction_type == "v_prediction"
+    assert sdlab.make_scheduler(lab, "DPM++ 2M").config.prediction_type == "v_prediction"
