@@ -259,6 +259,18 @@ def xy_plot(result: Sweep, *, cell: float = 2.0, vae=None, target: str = "image"
     return Drawn(fig, list(axes.ravel()), {"images": images, "titles": titles})
 
 
+def cfg_sweep(lab, scales: Sequence[float] = (1.0, 3.0, 7.0, 12.0, 20.0), *, y: str | None = None,
+              y_values: Sequence[Any] = (None,), **settings) -> Drawn:
+    """Final images across CFG scales at a fixed seed (optionally a second axis, e.g. y="sampler"); the
+    sweep itself is in ``drawn.artists["sweep"]``."""
+    from .analysis import sweep
+
+    result = sweep(lab, x="cfg", x_values=list(scales), y=y, y_values=y_values, **settings)
+    drawn = xy_plot(result)
+    drawn.artists["sweep"] = result
+    return drawn
+
+
 def animate_run(run: Run, path, *, target: str = "x0", fps: int = 6, size: int = 256, vae=None) -> Path:
     """An animation of a run, one frame per step: GIF with Pillow, MP4 with imageio-ffmpeg (pip install
     'sdlab[video]')."""

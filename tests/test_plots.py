@@ -115,3 +115,10 @@ def test_schedule_explorer_updates_in_place(lab):
     assert not line.get_visible() and explorer.lines["uniform"].get_visible()
     explorer.y.value = "log_snr"
     assert len(explorer.lines["uniform"].get_ydata()) == 15
+
+
+def test_cfg_sweep(lab):
+    drawn = plots.cfg_sweep(lab, [1.0, 5.0, 9.0], prompt="x", seed=4, steps=3, sampler="Euler")
+    sweep = drawn.artists["sweep"]
+    assert sweep.shape == (1, 3) and [r.settings.cfg for r in sweep.runs[0]] == [1.0, 5.0, 9.0]
+    assert [ax.get_title().split("\n")[0] for ax in drawn.axes] == ["cfg=1.0", "cfg=5.0", "cfg=9.0"]
