@@ -174,6 +174,11 @@ def test_step_viewer_alone(lab):
     assert viewer.slider.max == 4 and viewer.panel.image.value
     viewer.slider.value = 2
     assert "step 2/4" in viewer.info.value
+    assert viewer.decoder.layout.display == "none"  # no model given: approx only
+    with_vae = sdlab.StepViewer(run, lab=lab)
+    approx_frame = with_vae.panel.image.value
+    with_vae.decoder.value = "vae"
+    assert with_vae.panel.image.value != approx_frame and with_vae.panel.frames == 2
 
 
 def test_sampler_picker_alone():

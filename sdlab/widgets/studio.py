@@ -69,7 +69,7 @@ class Studio(W.VBox):
         self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
         self.progress = W.HTML(value="ready")
         self.error = W.HTML(value="")
-        self.viewer = StepViewer()
+        self.viewer = StepViewer(lab=lab)
         self.history_box = W.HBox(layout=W.Layout(overflow="auto", width="98%"))
         self.save_dir = W.Text(value=str(output_dir), description="Save to", layout=W.Layout(width="360px"))
         self.save_button = W.Button(description="Save PNG", icon="save", disabled=True)

@@ -5,7 +5,7 @@ import ipywidgets as W
 import numpy as np
 
 from ..generation import Run
-from ..previews import approx_rgb, latent_channels, to_jpeg
+from ..previews import approx_rgb, latent_channels, to_jpeg, vae_rgb
 
 
 def _grey_jpeg(channel: np.ndarray) -> bytes:
@@ -39,9 +39,10 @@ class ImagePanel(W.HBox):
 class StepViewer(W.VBox):
     """Scrub through a finished run: x_t or x0 of any recorded step, its sigma and timestep.
 
-    ``sdlab.StepViewer(run)`` works alone; the Studio embeds one."""
+    ``sdlab.StepViewer(run)`` works alone; the Studio embeds one. Given the model (``lab=``), the
+    decoder can be switched from the linear approximation to the full VAE (slower, true colours)."""
 
-    def __init__(self, run: Run | None = None, size: int = 384):
+    def __init__(self, run: Run | None = None, size: int = 384, lab=None):
         self.panel = ImagePanel(size)
         # 1-based: the slider shows the record number the info line names ("call k")
         self.slider = W.IntSlider(min=1, max=1, value=1, description="Record", continuous_update=True,
@@ -50,20 +51,25 @@ class StepViewer(W.VBox):
         W.jslink((self.play, "value"), (self.slider, "value"))
         self.target = W.ToggleButtons(options=[("x0 (predicted)", "x0"), ("x_t (latents)", "xt")], value="x0",
                                       style={"button_width": "110px"})
+        self.decoder = W.ToggleButtons(options=[("approx", "approx"), ("VAE", "vae")], value="approx",
+                                       style={"button_width": "70px"}, layout=W.Layout(display="" if lab else "none"))
+        self.lab = lab
         self.info = W.HTML()
         self.run: Run | None = None
-        self.slider.observe(lambda _: self._render(), names="value")
-        self.target.observe(lambda _: self._render(), names="value")
-        super().__init__([W.HBox([self.play, self.slider, self.target]), self.info, self.panel])
+        for control in (self.slider, self.target, self.decoder):
+            control.observe(lambda _: self._render(), names="value")
+        super().__init__([W.HBox([self.play, self.slider, self.target, self.decoder]), self.info, self.panel])
         if run is not None:
             self.show_run(run)
 
     def show_run(self, run: Run) -> None:
         self.run = run
         n = max(len(run.steps), 1)
+        old = self.slider.value
         self.slider.max = self.play.max = n
-        self.slider.value = n
-        self._render()
+        self.slider.value = n  # a changed value renders through the observer
+        if self.slider.value == old:
+            self._render()
 
     def _render(self) -> None:
         run = self.run
@@ -78,7 +84,11 @@ class StepViewer(W.VBox):
         tensor = tensor.float()
         if self.target.value == "xt":
             tensor = tensor * rec.xt_scale
-        self.panel.show(approx_rgb(tensor, run.family), latent_channels(tensor))
+        if self.decoder.value == "vae" and self.lab is not None:
+            rgb = vae_rgb(self.lab.pipe.vae, tensor)
+        else:
+            rgb = approx_rgb(tensor, run.family)
+        self.panel.show(rgb, latent_channels(tensor))
         sigma = "n/a" if rec.sigma is None else f"{rec.sigma:.4f}"
         self.info.value = (f"step {rec.step}/{rec.steps} &middot; call {rec.index + 1}/{len(run.steps)} &middot; "
                            f"timestep {rec.timestep:.1f} &middot; sigma {sigma} &middot; NFE {rec.nfe}")
