@@ -281,3 +281,16 @@ def test_v_prediction_x0_lands_on_the_final_latents(clean_registry, tiny_folder,
         run = lab.generate(PROMPT, sampler=sampler, steps=5, seed=2)
         scale = run.final_latents.abs().max().item()
         assert torch.allclose(run.steps[-1].x0.float(), run.final_latents, atol=scale * 2e-3)
+
+
+@pytest.mark.weights
+@pytest.mark.slow
+def test_real_model_runs_are_bit_identical(clean_registry):
+    try:
+        lab = sdlab.load(sdlab.DEFAULT_MODEL, offline=True)
+    except sdlab.ModelNotAvailable:
+        pytest.skip(f"{sdlab.DEFAULT_MODEL} is not in the local Hugging Face cache")
+    lab.pipe.set_progress_bar_config(disable=True)
+    run = lab.generate(PROMPT, negative_prompt=NEGATIVE, sampler="DPM++ 2M", steps=6, seed=11, preview="approx")
+    assert run.image.tobytes() == _plain(lab, "DPM++ 2M", steps=6)[0].tobytes()
+    assert not run.problems
