@@ -52,3 +52,27 @@ def tiny_single_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny-a1111.safetensors"
     save_sd1_single_file(build_tiny_pipeline(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_v_folder(tiny_folder, tmp_path_factory):
+    """The tiny pipeline folder with a v-prediction scheduler config (as SD 2.x 768-v ships)."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-v"
+    shutil.copytree(tiny_folder, folder)
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "v_prediction"}))
+    return folder
+
+
+@pytest.fixture
+def real_model(clean_registry) -> sdlab.Lab:
+    """sdlab's default model from the local cache; the test skips where it is not cached (no downloads)."""
+    try:
+        lab = sdlab.load(sdlab.DEFAULT_MODEL, offline=True)
+    except sdlab.ModelNotAvailable:
+        pytest.skip(f"{sdlab.DEFAULT_MODEL} is not in the local Hugging Face cache")
+    lab.pipe.set_progress_bar_config(disable=True)
+    return lab

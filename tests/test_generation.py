@@ -267,15 +267,8 @@ def test_sdxl_runs_are_bit_identical_too(xl, sampler):
     assert run.family == "sdxl" and run.steps[0].noise_uncond.shape == (1, 4, 8, 8)
 
 
-def test_v_prediction_x0_lands_on_the_final_latents(clean_registry, tiny_folder, tmp_path):
-    import json
-    import shutil
-
-    folder = tmp_path / "v"
-    shutil.copytree(tiny_folder, folder)
-    path = folder / "scheduler" / "scheduler_config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "v_prediction"}))
-    lab = sdlab.load(folder)
+def test_v_prediction_x0_lands_on_the_final_latents(clean_registry, tiny_v_folder):
+    lab = sdlab.load(tiny_v_folder)
     lab.pipe.set_progress_bar_config(disable=True)
     for sampler in ("DPM++ 2M", "Euler"):  # x0 computed by sdlab, and the scheduler's own
         run = lab.generate(PROMPT, sampler=sampler, steps=5, seed=2)
@@ -285,12 +278,8 @@ def test_v_prediction_x0_lands_on_the_final_latents(clean_registry, tiny_folder,
 
 @pytest.mark.weights
 @pytest.mark.slow
-def test_real_model_runs_are_bit_identical(clean_registry):
-    try:
-        lab = sdlab.load(sdlab.DEFAULT_MODEL, offline=True)
-    except sdlab.ModelNotAvailable:
-        pytest.skip(f"{sdlab.DEFAULT_MODEL} is not in the local Hugging Face cache")
-    lab.pipe.set_progress_bar_config(disable=True)
+def test_real_model_runs_are_bit_identical(real_model):
+    lab = real_model
     run = lab.generate(PROMPT, negative_prompt=NEGATIVE, sampler="DPM++ 2M", steps=6, seed=11, preview="approx")
     assert run.image.tobytes() == _plain(lab, "DPM++ 2M", steps=6)[0].tobytes()
     assert not run.problems

@@ -282,12 +282,8 @@ def test_tiny_on_cuda_fp16_matches_cpu_noise(clean_registry):
 
 
 @pytest.mark.weights
-def test_default_model_from_the_local_cache(clean_registry):
-    try:
-        lab = sdlab.load(sdlab.DEFAULT_MODEL, offline=True)
-    except sdlab.ModelNotAvailable:
-        pytest.skip(f"{sdlab.DEFAULT_MODEL} is not in the local Hugging Face cache")
-    assert lab.family == "sd1"
+def test_default_model_from_the_local_cache(real_model):
+    assert real_model.family == "sd1" and real_model.kind == "hub"
 
 
 def test_tiny_sdxl_is_detected_as_sdxl(clean_registry):
@@ -304,15 +300,7 @@ def test_family_detection_from_the_unet(tiny):
     assert models.detect_family(pipe) == "sd2"
 
 
-def test_v_prediction_is_recorded(clean_registry, tiny_folder, tmp_path):
-    import shutil
-
-    folder = tmp_path / "v-model"
-    shutil.copytree(tiny_folder, folder)
-    cfg_path = folder / "scheduler" / "scheduler_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["prediction_type"] = "v_prediction"
-    cfg_path.write_text(json.dumps(cfg))
-    lab = sdlab.load(folder)
+def test_v_prediction_is_recorded(clean_registry, tiny_v_folder):
+    lab = sdlab.load(tiny_v_folder)
     assert lab.prediction_type == "v_prediction"
     assert sdlab.make_scheduler(lab, "DPM++ 2M").config.prediction_type == "v_prediction"
