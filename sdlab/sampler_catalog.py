@@ -257,10 +257,11 @@ def make_scheduler(config_or_scheduler, sampler: str, schedule: str = S.AUTOMATI
 
 
 def effective_config(scheduler, reference=None) -> dict[str, tuple[Any, Any]]:
-    """What differs between ``scheduler`` and ``reference`` (default: the config it was built from is
-    unknown, so pass the model's default scheduler): {key: (reference value, effective value)}."""
+    """What differs between ``scheduler`` and ``reference``, a scheduler or a config (normally the model's
+    own, ``lab.default_scheduler``). Keys the reference lacks are compared with the scheduler class's
+    defaults. Returns {key: (reference value, effective value)}."""
     ref = dict(getattr(reference, "config", reference) or {})
-    ref_cls = getattr(reference, "__class__", None).__name__ if hasattr(reference, "config") else ref.get("_class_name")
+    ref_cls = type(reference).__name__ if hasattr(reference, "config") else ref.get("_class_name")
     out: dict[str, tuple[Any, Any]] = {}
     if ref_cls != type(scheduler).__name__:
         out["class"] = (ref_cls, type(scheduler).__name__)
