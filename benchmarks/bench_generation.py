@@ -66,6 +66,9 @@ def main() -> None:
           f"sampler={args.sampler} repeat={args.repeat}")
     for name, t in rows:
         print(f"{name:36s} {t * 1000:9.1f} ms  ratio {t / base:5.2f}  ({args.steps / t:6.1f} it/s)")
+    run = lab.generate("a lighthouse", **common)
+    print(f"records: {run.record_bytes / 2**20:.2f} MiB for {len(run.steps)} UNet calls "
+          f"({run.record_bytes / len(run.steps) / 1024:.0f} KiB each), {run.record_bytes / lab.memory_bytes:.3f} x the weights")
 
 
 if __name__ == "__main__":
