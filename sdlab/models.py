@@ -217,7 +217,8 @@ def load(model: str | os.PathLike | None = None, *, device: str = "auto", dtype:
     dtype: "auto" (float16 on CUDA, float32 elsewhere), "float32", "float16", "bfloat16".
     allow_pickle: load a pickle checkpoint (.ckpt/.pt/.bin). Unpickling can run code: only for files you trust.
     offline: never contact the hub (default: ``$HF_HUB_OFFLINE``).
-    pipeline_kwargs: passed on to diffusers' from_pretrained / from_single_file.
+    pipeline_kwargs: passed on to diffusers' from_pretrained / from_single_file. They are not part of the
+      residency key (source, device, dtype, variant): to reload with others, sdlab.unload(source) first.
     """
     dev = devices.resolve_device(device)
     dt = devices.resolve_dtype(dtype, dev)

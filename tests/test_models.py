@@ -304,3 +304,19 @@ def test_v_prediction_is_recorded(clean_registry, tiny_v_folder):
     lab = sdlab.load(tiny_v_folder)
     assert lab.prediction_type == "v_prediction"
     assert sdlab.make_scheduler(lab, "DPM++ 2M").config.prediction_type == "v_prediction"
+
+
+def test_hub_id_loads_from_the_local_cache_offline(clean_registry, tiny_folder, tmp_path, monkeypatch):
+    import shutil
+
+    # the Hugging Face cache layout: models--owner--name/{refs/main, snapshots/<commit>/...}
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--sdlab-tests--tiny-sd"
+    shutil.copytree(tiny_folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    calls = _count_loads(monkeypatch)
+    lab = sdlab.load("sdlab-tests/tiny-sd", cache_dir=str(tmp_path / "hub"), offline=True)
+    assert lab.kind == "hub" and lab.source == "sdlab-tests/tiny-sd" and lab.family == "sd1"
+    assert sdlab.load("sdlab-tests/tiny-sd", cache_dir=str(tmp_path / "hub")) is lab and len(calls) == 1
+    assert torch.equal(_image(lab), _image(sdlab.load("tiny")))
