@@ -48,8 +48,13 @@ def jupyterlab(tmp_path):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "e2e.ipynb")
     port = _free_port()
+    # JupyterLab 4.6 renders only the cells in view by default; the test needs every Studio in the page.
+    settings = tmp_path / "lab-settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     env = dict(os.environ, HF_HUB_OFFLINE="1", JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"),
-               JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"))
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"),
+               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"))
     log = open(tmp_path / "jupyterlab.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}",
