@@ -5,10 +5,12 @@ Views (build on the core): widgets, plots.
 """
 from __future__ import annotations
 
+from .accuracy import Accuracy, sampler_accuracy
 from .analysis import Sweep, sweep
+from .forward_process import add_noise
 from .generation import BusyError, GenerationError, Job, Run, Settings, StepEvent, StepRecord, generate, generate_async
 from .infotext import parse_infotext, read_settings
-from . import previews
+from . import previews, toy  # noqa: F401  (sdlab.previews, sdlab.toy)
 from .models import (
     DEFAULT_MODEL,
     Lab,
@@ -44,7 +46,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "BusyError", "GenerationError", "Job", "Run", "Settings", "StepEvent", "StepRecord", "generate",
-    "generate_async", "parse_infotext", "read_settings", "Sweep", "sweep",
+    "generate_async", "parse_infotext", "read_settings", "Sweep", "sweep", "add_noise", "toy", "Accuracy", "sampler_accuracy",
     "DEFAULT_MODEL", "Lab", "LoadError", "ModelNotAvailable", "ModelUnloadedError", "SdlabNotice",
     "SdlabWarning", "UnsafeCheckpointError", "UnsupportedModelError", "load", "loaded", "max_resident",
     "set_max_resident", "unload", "__version__", "Plan", "Sampler", "describe", "effective_config",

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 
 from . import noise_schedules as S
-from .notices import warn
+from .notices import notice, warn
 from .previews import Previewer, latent_channels, load_taesd
-from .sampler_catalog import Plan, effective_config, make_scheduler, plan, resolve
+from .prompts import prompt_problems
+from .sampler_catalog import Plan, effective_config, is_variance_exploding, make_scheduler, plan, resolve
 
 ALIASES = {"guidance_scale": "cfg", "cfg_scale": "cfg", "num_inference_steps": "steps",
            "num_images_per_prompt": "batch_size", "schedule_type": "schedule"}
@@ -212,6 +213,17 @@ def pipe_kwargs(lab, settings: Settings) -> dict:
     return kwargs
 
 
+def initial_noise(lab, settings: Settings) -> torch.Tensor:
+    """The unit noise a run of these (validated) settings starts from, drawn as the pipeline's
+    prepare_latents draws it (before it is scaled by the scheduler's init_noise_sigma)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    pipe = lab.pipe
+    shape = (settings.batch_size, pipe.unet.config.in_channels, settings.height // pipe.vae_scale_factor,
+             settings.width // pipe.vae_scale_factor)
+    return randn_tensor(shape, generator=lab.generator(settings.seed), device=lab.device, dtype=pipe.text_encoder.dtype)
+
+
 def scheduler_for(lab, settings: Settings):
     return make_scheduler(lab, settings.sampler, settings.schedule, **settings.schedule_params)
 
@@ -219,18 +231,19 @@ def scheduler_for(lab, settings: Settings):
 class _Host:
     """Host copies without a per-step sync: pinned, non-blocking on CUDA; synchronised once at the end."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float16):
         self.cuda = device.type == "cuda"
+        self.dtype = dtype
 
     def __call__(self, t: torch.Tensor | None) -> torch.Tensor | None:
         if t is None:
             return None
         t = t.detach()
         if self.cuda:  # cast on the device, then an asynchronous copy into pinned host memory
-            dst = torch.empty(t.shape, dtype=torch.float16, pin_memory=True)
-            dst.copy_(t.to(torch.float16), non_blocking=True)
+            dst = torch.empty(t.shape, dtype=self.dtype, pin_memory=True)
+            dst.copy_(t.to(self.dtype), non_blocking=True)
             return dst
-        return t.to(torch.float16, copy=True)
+        return t.to(self.dtype, copy=True)
 
 
 def _x0_from_output(scheduler, model_output, sample, timestep, prediction_type: str) -> torch.Tensor:
@@ -259,17 +272,18 @@ class _Tap:
     """The three read-only taps on one run of the pipeline."""
 
     def __init__(self, lab, settings: Settings, run: Run, scheduler, previewer: Previewer | None,
-                 on_step: Callable[[StepEvent], Any] | None, stop: threading.Event, record: bool):
+                 on_step: Callable[[StepEvent], Any] | None, stop: threading.Event, record: bool,
+                 record_dtype: torch.dtype = torch.float16):
         self.lab, self.settings, self.run, self.scheduler = lab, settings, run, scheduler
         self.previewer, self.on_step, self.stop, self.record = previewer, on_step, stop, record
-        self.host = _Host(lab.device)
+        self.host = _Host(lab.device, record_dtype)
         self.nfe = 0
         self.noise: tuple | None = None
         self.x0: torch.Tensor | None = None
         self.last_latents: torch.Tensor | None = None
         self.cfg_on = settings.cfg > 1 and lab.pipe.unet.config.get("time_cond_proj_dim") is None
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
-        self.ve = float(getattr(scheduler, "init_noise_sigma", 1.0)) > 1.5  # k-diffusion-style samples
+        self.ve = is_variance_exploding(scheduler)
         self.levels = list(run.plan.sigmas)
         self.cuda_events: list = []
         self.t_last = None
@@ -340,7 +354,7 @@ class _Tap:
                          latents=self.host(latents) if self.record else None,
                          x0=self.host(self.x0) if self.record else None,
                          noise_uncond=noise[0], noise_cond=noise[1], seconds=seconds,
-                         xt_scale=1 / math.sqrt(1 + sigma * sigma) if self.ve and sigma is not None else 1.0)
+                         xt_scale=float(S.vp_scale(sigma)) if self.ve and sigma is not None else 1.0)
         self.run.steps.append(rec)
         preview = channels = None
         if self.previewer is not None:
@@ -382,13 +396,14 @@ class _Tap:
 
 def generate(lab, prompt: str | Settings | None = None, *, preview: str | None = None, preview_target: str = "x0",
              preview_channels: bool = False, on_step: Callable[[StepEvent], Any] | None = None, record: bool = True,
-             stop: threading.Event | None = None, taesd=None, scheduler=None,
+             record_dtype: torch.dtype = torch.float16, stop: threading.Event | None = None, taesd=None, scheduler=None,
              _started: Callable[[Run], Any] | None = None, **kwargs) -> Run:
     """Run the pipeline, recording every step. See :class:`Settings` for the arguments; diffusers' names
     (guidance_scale, num_inference_steps, num_images_per_prompt) are accepted too.
 
     preview: None, "approx", "taesd" or "vae"; preview_target "x0" (predicted clean image) or "xt";
       preview_channels: also hand on_step the 4 latent channels of each previewed step.
+    record_dtype: the dtype of the recorded tensors (float16 keeps them small; float32 for measurements).
     scheduler: a diffusers scheduler to use as it is (a copy of it), instead of the catalog's sampler and
       schedule: for experiments such as DDIM with a bad config. The run records it as "custom <class>".
     on_step: called with a StepEvent after every step (in the thread that runs the pipeline). On CUDA the
@@ -398,7 +413,8 @@ def generate(lab, prompt: str | Settings | None = None, *, preview: str | None =
     settings, options = _settings_and_options(prompt, kwargs)
     if options:
         raise TypeError(f"Unknown argument(s) {sorted(options)}. Settings: {', '.join(sorted(_SETTING_NAMES))}; "
-                        "options: preview, preview_target, preview_channels, on_step, record, stop, taesd, scheduler.")
+                        "options: preview, preview_target, preview_channels, on_step, record, record_dtype, stop, taesd, "
+                        "scheduler.")
     if scheduler is not None:
         settings = validate(lab, replace(settings, sampler=f"custom {type(scheduler).__name__}", schedule="custom"),
                             catalog=False)
@@ -430,13 +446,16 @@ def generate(lab, prompt: str | Settings | None = None, *, preview: str | None =
         run = Run(settings=settings, model=lab.source, family=lab.family, device=str(lab.device),
                   dtype=str(lab.dtype).removeprefix("torch."), plan=plan(scheduler, settings.steps),
                   scheduler_report=report)
+        for problem in prompt_problems(lab, settings.prompt, settings.negative_prompt):
+            run.problems.append(problem)
+            notice(f"sdlab: {problem}", stacklevel=3)
         if _started is not None:
             _started(run)
         stop = stop or threading.Event()
         pipe = lab.pipe
         pipe.scheduler = scheduler
         t0 = time.perf_counter()
-        tap = _Tap(lab, settings, run, scheduler, previewer, on_step, stop, record)
+        tap = _Tap(lab, settings, run, scheduler, previewer, on_step, stop, record, record_dtype)
         try:
             with tap, torch.inference_mode():
                 out = pipe(**pipe_kwargs(lab, settings), output_type="np", callback_on_step_end=tap.callback,
@@ -477,15 +496,17 @@ def _jsonable(v):
 
 
 def _check_finite(run: Run, images: np.ndarray) -> None:
+    problem = None
     if run.final_latents is not None and not torch.isfinite(run.final_latents).all():
-        run.problems.append("The latents contain NaN/inf: the UNet overflowed. Use dtype='float32' "
-                            "(sdlab.load(..., dtype='float32')), a lower cfg, or fewer steps at this size.")
+        problem = ("The latents contain NaN/inf: the UNet overflowed. Use dtype='float32' "
+                   "(sdlab.load(..., dtype='float32')), a lower cfg, or fewer steps at this size.")
     elif not np.isfinite(images).all():  # (an all-black image can be legitimate: the safety checker's)
-        run.problems.append("The decoded image contains NaN/inf (black picture): the VAE overflowed in "
-                            f"{run.dtype}. Decode in float32: lab.pipe.vae.to(torch.float32) or load with "
-                            "dtype='float32'; for SDXL use an fp16-fixed VAE (madebyollin/sdxl-vae-fp16-fix).")
-    for p in run.problems:
-        warn(f"sdlab: {p}", stacklevel=4)
+        problem = ("The decoded image contains NaN/inf (black picture): the VAE overflowed in "
+                   f"{run.dtype}. Decode in float32: lab.pipe.vae.to(torch.float32) or load with "
+                   "dtype='float32'; for SDXL use an fp16-fixed VAE (madebyollin/sdxl-vae-fp16-fix).")
+    if problem is not None:
+        run.problems.append(problem)
+        warn(f"sdlab: {problem}", stacklevel=4)
 
 
 class Job:

@@ -18,18 +18,57 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
 from . import devices
 from .notices import notice
-from .tiny import TINY_BUILDERS, build_tiny_pipeline  # noqa: F401  (tests use build_tiny_pipeline)
+from .tiny import build_tiny_pipeline, build_tiny_sdxl_pipeline
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-TINY = "tiny"
-Family = Literal["sd1", "sd2", "sdxl"]
-SourceKind = Literal["tiny", "hub", "folder", "single_file"]
+TOY = "toy"  # what sdlab.load() falls back to when the default model cannot be had
+Family = Literal["sd1", "sd2", "sdxl", "toy"]
+SourceKind = Literal["tiny", "toy", "hub", "folder", "single_file"]
+
+
+def _build_toy(dtype, prediction_type="epsilon"):
+    from .toy import build_toy_pipeline
+
+    return build_toy_pipeline(dtype, prediction_type)
+
+
+def _toy_description() -> str:
+    from .toy import describe
+
+    return describe()
+
+
+def _toy_notice() -> str:
+    return f"sdlab: using {_toy_description()}"
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A model sdlab builds in code (no weights to download)."""
+
+    kind: SourceKind
+    family: Family
+    build: Callable[[torch.dtype], Any]  # dtype -> pipeline
+    notice: Callable[[], str]  # the notice shown when it is loaded
+
+    def __repr__(self) -> str:
+        return f"Builtin({self.kind!r}, family={self.family!r})"
+
+
+_TINY_NOTICE = ("sdlab: using the built-in tiny model: random weights, so its images are noise. "
+                "Load a real model with sdlab.load('<hub id, folder or .safetensors file>') for pictures.")
+BUILTINS: dict[str, Builtin] = {
+    "tiny": Builtin("tiny", "sd1", build_tiny_pipeline, lambda: _TINY_NOTICE),
+    "tiny-sdxl": Builtin("tiny", "sdxl", build_tiny_sdxl_pipeline, lambda: _TINY_NOTICE),
+    "toy": Builtin("toy", "toy", _build_toy, _toy_notice),
+    "toy-v": Builtin("toy", "toy", lambda dt: _build_toy(dt, "v_prediction"), _toy_notice),
+}
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
@@ -86,7 +125,13 @@ class Lab:
 
     @property
     def is_tiny(self) -> bool:
+        """The random-weight test model: its pictures are noise."""
         return self.kind == "tiny"
+
+    @property
+    def is_toy(self) -> bool:
+        """The teaching model (an exact denoiser over its own pictures)."""
+        return self.kind == "toy"
 
     @property
     def default_scheduler(self):
@@ -133,9 +178,40 @@ class Lab:
         """A CPU generator: the same seed gives the same initial noise on every device."""
         return torch.Generator("cpu").manual_seed(int(seed))
 
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list:
+        """PIL images of (B, 4, h, w) latents, decoded with the model's VAE exactly as the pipeline does."""
+        pipe = self.pipe
+        vae = pipe.vae
+        z = torch.as_tensor(latents)
+        z = (z[None] if z.ndim == 3 else z).to(device=vae.device, dtype=vae.dtype)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        image = vae.decode(z / vae.config.scaling_factor + shift, return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="pil")
+
+    @torch.no_grad()
+    def encode(self, images) -> torch.Tensor:
+        """Latents (B, 4, H/8, W/8) of images (PIL, a list of them, or H x W x 3 uint8 arrays): the mode of
+        the VAE's encoding, scaled as the pipeline's latents are."""
+        import numpy as np
+
+        pipe = self.pipe
+        vae = pipe.vae
+        items = images if isinstance(images, (list, tuple)) else [images]
+        items = [np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im) for im in items]
+        for a in items:
+            if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+                raise ValueError(f"encode takes RGB pictures (PIL images or H x W x 3 uint8 arrays), not an array "
+                                 f"of shape {a.shape} and dtype {a.dtype}.")
+        pixels = torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return ((dist.mode() - shift) * vae.config.scaling_factor).float().cpu()
+
     def __repr__(self) -> str:
         state = "" if self.is_loaded else ", UNLOADED"
-        extra = ", tiny random weights: images are noise" if self.is_tiny else ""
+        extra = (", tiny random weights: images are noise" if self.is_tiny else
+                 ", teaching model: draws only its own pictures" if self.is_toy else "")
         return (f"Lab({self.source!r}, family={self.family!r}, device={str(self.device)!r}, "
                 f"dtype={devices.dtype_name(self.dtype)!r}{extra}{state})")
 
@@ -209,10 +285,10 @@ def load(model: str | os.PathLike | None = None, *, device: str = "auto", dtype:
     """Load a Stable Diffusion model once and keep it resident; return its :class:`Lab` handle.
 
     model: a hub id ("stable-diffusion-v1-5/stable-diffusion-v1-5"), a local diffusers folder, a single
-      ``.safetensors`` checkpoint, or "tiny" / "tiny-sdxl" (built-in random weights, SD 1.x or SDXL
-      architecture). None means ``$SDLAB_MODEL`` if
-      set, else ``DEFAULT_MODEL``; if that is not cached and cannot be downloaded, the tiny model is used
-      with a notice.
+      ``.safetensors`` checkpoint, "toy" / "toy-v" (the built-in teaching model: an exact denoiser that
+      draws real pictures on any CPU; "toy-v" answers in v-prediction) or "tiny" / "tiny-sdxl" (random
+      weights, SD 1.x or SDXL architecture, for tests). None means ``$SDLAB_MODEL`` if set, else
+      ``DEFAULT_MODEL``; if that is not cached and cannot be downloaded, the toy model is used with a notice.
     device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps".
     dtype: "auto" (float16 on CUDA, float32 elsewhere), "float32", "float16", "bfloat16".
     allow_pickle: load a pickle checkpoint (.ckpt/.pt/.bin). Unpickling can run code: only for files you trust.
@@ -233,9 +309,9 @@ def load(model: str | os.PathLike | None = None, *, device: str = "auto", dtype:
         try:
             return _load_source(requested, dev, dt, variant, allow_pickle, offline, pipeline_kwargs)
         except ModelNotAvailable as exc:
-            notice(f"sdlab: the default model {requested!r} is not available ({exc}). "
-                   "Falling back to the built-in tiny model: random weights, so images are noise.", stacklevel=3)
-            lab = _load_source(TINY, dev, dt, None, False, offline, {}, announce=False)
+            notice(f"sdlab: the default model {requested!r} is not available ({exc}). Falling back to "
+                   f"{_toy_description()}", stacklevel=3)
+            lab = _load_source(TOY, dev, dt, None, False, offline, {}, announce=False)
             lab.requested = requested
             return lab
     return _load_source(os.fspath(model), dev, dt, variant, allow_pickle, offline, pipeline_kwargs)
@@ -257,15 +333,14 @@ def _load_source(model: str, dev: torch.device, dt: torch.dtype, variant: str | 
             unload(old)
         pipe = _load_pipeline(kind, source, dt, variant, offline, pipeline_kwargs)
         try:
-            family = detect_family(pipe)
+            family = BUILTINS[source].family if source in BUILTINS else detect_family(pipe)
             pipe = pipe.to(dev)
         except BaseException:
             del pipe
             gc.collect()
             raise
-        if kind == "tiny" and announce:
-            notice("sdlab: using the built-in tiny model: random weights, so its images are noise. "
-                   "Load a real model with sdlab.load('<hub id, folder or .safetensors file>') for pictures.", stacklevel=4)
+        if source in BUILTINS and announce:
+            notice(BUILTINS[source].notice(), stacklevel=4)
         lab = Lab(source=source, kind=kind, family=family, device=dev, dtype=dt, variant=variant, _pipe=pipe,
                   _default_scheduler=pipe.scheduler.__class__.from_config(pipe.scheduler.config))
         _RESIDENT[key] = lab
@@ -275,10 +350,10 @@ def _load_source(model: str, dev: torch.device, dt: torch.dtype, variant: str | 
 def classify_source(model: str, *, allow_pickle: bool = False) -> tuple[SourceKind, str]:
     """Say what kind of source ``model`` is, and its canonical form; refuse what cannot be loaded."""
     if not isinstance(model, str) or not model.strip():
-        raise LoadError(f"model must be a hub id, a folder, a .safetensors file or 'tiny', not {model!r}.")
+        raise LoadError(f"model must be a hub id, a folder, a .safetensors file or 'toy', not {model!r}.")
     model = model.strip()
-    if model.lower() in TINY_BUILDERS:
-        return "tiny", model.lower()
+    if model.lower() in BUILTINS:
+        return BUILTINS[model.lower()].kind, model.lower()
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -309,7 +384,7 @@ def classify_source(model: str, *, allow_pickle: bool = False) -> tuple[SourceKi
     if model.count("/") != 1 or any(c in model for c in " \t\\:"):
         raise LoadError(
             f"{model!r} is neither an existing path nor a hub id like 'owner/name'. "
-            f"Use 'tiny', a hub id (e.g. {DEFAULT_MODEL!r}), a diffusers folder or a .safetensors file."
+            f"Use 'toy', a hub id (e.g. {DEFAULT_MODEL!r}), a diffusers folder or a .safetensors file."
         )
     return "hub", model
 
@@ -364,8 +439,8 @@ def checkpoint_family(path: str) -> Family:
 def _load_pipeline(kind: SourceKind, source: str, dt: torch.dtype, variant: str | None, offline: bool,
                    kwargs: dict):
     """Read the weights. Separate so tests can count how often real loading work happens."""
-    if kind == "tiny":
-        return TINY_BUILDERS[source](dt)
+    if source in BUILTINS and kind in ("tiny", "toy"):
+        return BUILTINS[source].build(dt)
     from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     common = dict(dtype=dt, **kwargs)

@@ -114,6 +114,12 @@ def alpha_bar(sigma) -> np.ndarray:
     return 1.0 / (1.0 + np.asarray(sigma, dtype=np.float64) ** 2)
 
 
+def vp_scale(sigma) -> np.ndarray:
+    """sqrt(alphabar) = 1 / sqrt(1 + sigma^2): turns a variance-exploding sample x0 + sigma eps into the
+    variance-preserving one sqrt(ab) x0 + sqrt(1 - ab) eps that the UNet sees."""
+    return 1.0 / np.sqrt(1.0 + np.asarray(sigma, dtype=np.float64) ** 2)
+
+
 def snr(sigma) -> np.ndarray:
     """Signal-to-noise ratio alphabar / (1 - alphabar) = 1 / sigma^2 (inf at sigma 0)."""
     with np.errstate(divide="ignore"):

@@ -259,6 +259,29 @@ def xy_plot(result: Sweep, *, cell: float = 2.0, vae=None, target: str = "image"
     return Drawn(fig, list(axes.ravel()), {"images": images, "titles": titles})
 
 
+def plot_accuracy(result, ax=None) -> Drawn:
+    """A sampler study (``sdlab.sampler_accuracy``): error against NFE, log-log, one line per sampler and
+    schedule, its fitted slope (``result.slope``) in the legend, the reference's own error in the title."""
+    fig, ax = _axes(ax, figsize=(7.5, 5))
+    lines = {}
+    groups = result.lines()
+    colours = {s: f"C{i % 10}" for i, s in enumerate(dict.fromkeys(s for s, _ in groups))}
+    styles = {sch: ("-", "--", ":", "-.")[i % 4] for i, sch in enumerate(dict.fromkeys(sch for _, sch in groups))}
+    for (sampler, schedule), rows in groups.items():
+        try:
+            label = f"{sampler} / {S.SCHEDULES[schedule].a1111 or schedule} (slope {result.slope(sampler, schedule):.2f})"
+        except ValueError:
+            label = f"{sampler} / {S.SCHEDULES[schedule].a1111 or schedule}"
+        (lines[sampler, schedule],) = ax.loglog([r.nfe for r in rows], [r.error for r in rows], marker="o",
+                                                ls=styles[schedule], color=colours[sampler], label=label)
+    ax.set_xlabel("NFE (UNet calls)")
+    ax.set_ylabel("error at the last noise level / sigma")
+    ax.set_title(f"error against the probability-flow ODE (reference error <= {result.reference_error:.0e})")
+    ax.legend(fontsize="x-small")
+    ax.grid(alpha=0.3, which="both")
+    return Drawn(fig, [ax], lines)
+
+
 def cfg_sweep(lab, scales: Sequence[float] = (1.0, 3.0, 7.0, 12.0, 20.0), *, y: str | None = None,
               y_values: Sequence[Any] = (None,), **settings) -> Drawn:
     """Final images across CFG scales at a fixed seed (optionally a second axis, e.g. y="sampler"); the

@@ -51,9 +51,15 @@ def _to_uint8(rgb: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def approx_rgb(latents: torch.Tensor, family: str = "sd1") -> np.ndarray:
-    """The linear latent -> RGB map, on the latents' own device. latents: (4, h, w) or (B, 4, h, w) (first)."""
+    """The cheap latent -> RGB map at latent resolution, on the latents' own device: A1111's linear map
+    for SD, and for the toy model its own decoder's per-pixel map (exact, only not upsampled).
+    latents: (4, h, w) or (B, 4, h, w) (the first is shown)."""
     if latents.ndim == 4:
         latents = latents[0]
+    if family == "toy":
+        from .toy.data import latent_to_rgb
+
+        return _to_uint8(latent_to_rgb(latents[None])[0])
     coeffs = approx_coefficients(family).to(latents.device)
     rgb = torch.einsum("chw,cr->rhw", latents.float(), coeffs)
     return _to_uint8(rgb)
@@ -75,6 +81,9 @@ def load_taesd(family: str, source: str | Path | None = None, *, device=None, dt
     """diffusers' AutoencoderTiny for the family, from disk only (a local folder, or the hub cache)."""
     from diffusers import AutoencoderTiny
 
+    if family == "toy" and source is None:
+        raise PreviewUnavailable("The toy model has no TAESD: use preview='approx' (its own decoder's map at "
+                                 "1/8 resolution, exact and fast) or preview='vae' (its full decoder).")
     source = str(source or TAESD_REPOS.get(family, TAESD_REPOS["sd1"]))
     try:
         with warnings.catch_warnings():  # diffusers passes huggingface_hub a deprecated argument

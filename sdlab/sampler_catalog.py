@@ -142,6 +142,14 @@ def resolve(sampler: str, schedule: str = S.AUTOMATIC) -> tuple[Sampler, str]:
     return spec, concrete
 
 
+def is_variance_exploding(scheduler) -> bool:
+    """True for k-diffusion-style schedulers (Euler, Heun, LMS, DPM2, ...): their samples are x0 + sigma eps
+    and their scale_model_input divides by sqrt(sigma^2 + 1). False for DDIM, DPM-Solver, UniPC, DEIS, PLMS,
+    DDPM, LCM, which keep variance-preserving samples sqrt(abar) x0 + sqrt(1 - abar) eps. Read off
+    init_noise_sigma, which is exactly 1 for the latter and sigma_max (or sqrt(sigma_max^2 + 1)) for the former."""
+    return float(getattr(scheduler, "init_noise_sigma", 1.0)) != 1.0
+
+
 def _takes_explicit_sigmas(cls) -> bool:
     # UniPC's set_timesteps has a sigmas argument, but only for flow-matching models.
     return "sigmas" in inspect.signature(cls.set_timesteps).parameters and cls.__name__ != "UniPCMultistepScheduler"

@@ -149,5 +149,3 @@ def build_tiny_sdxl_pipeline(dtype: torch.dtype = torch.float32):
         torch.nn.Module.to(module.eval(), dtype=dtype)
     return pipe
 
-
-TINY_BUILDERS = {"tiny": build_tiny_pipeline, "tiny-sdxl": build_tiny_sdxl_pipeline}

@@ -27,6 +27,14 @@ def tiny() -> sdlab.Lab:
 
 
 @pytest.fixture
+def toy() -> sdlab.Lab:
+    """The built-in teaching model (exact denoiser), progress bars off."""
+    lab = sdlab.load("toy")
+    lab.pipe.set_progress_bar_config(disable=True)
+    return lab
+
+
+@pytest.fixture
 def clean_registry():
     """Start and end with nothing resident, and the default residency limit."""
     sdlab.unload()

@@ -133,11 +133,12 @@ def test_least_recently_used_is_unloaded_beyond_the_limit(clean_registry):
         sdlab.set_max_resident(0)
 
 
-def test_default_model_falls_back_to_tiny_with_a_notice(clean_registry, monkeypatch):
+def test_default_model_falls_back_to_the_teaching_model_with_a_notice(clean_registry, monkeypatch):
     monkeypatch.setenv("SDLAB_MODEL", "sdlab-tests/never-cached-model")
-    with pytest.warns(sdlab.SdlabNotice, match="never-cached-model.*Falling back to the built-in tiny"):
+    with pytest.warns(sdlab.SdlabNotice, match="never-cached-model.*Falling back to the built-in teaching model.*"
+                                               "can only draw its own pictures"):
         lab = sdlab.load()
-    assert lab.is_tiny and lab.requested == "sdlab-tests/never-cached-model"
+    assert lab.is_toy and lab.family == "toy" and lab.requested == "sdlab-tests/never-cached-model"
 
 
 def test_default_model_id_is_used_when_no_env(clean_registry, monkeypatch):

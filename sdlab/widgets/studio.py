@@ -78,8 +78,7 @@ class Studio(W.VBox):
         self.progress.add_class("sdlab-progress")
         self.error.add_class("sdlab-error")
         self.viewer.panel.image.add_class("sdlab-image")
-        note = W.HTML("<b>Built-in tiny model</b>: random weights, so images are noise. "
-                      "Load a real model for pictures.") if getattr(lab, "is_tiny", False) else W.HTML()
+        note = W.HTML(_model_note(lab))
 
         for widget, name in ((self.prompt, "prompt"), (self.negative, "negative_prompt"), (self.steps, "steps"),
                              (self.cfg, "cfg"), (self.width, "width"), (self.height, "height"),
@@ -248,6 +247,17 @@ class Studio(W.VBox):
         label = W.HTML(f"<small>{html.escape(s.sampler)}<br>{s.steps} steps, cfg {s.cfg:g}<br>seed {s.seed}"
                        f"{' (stopped)' if run.stopped else ''}</small>")
         return W.VBox([img, label, show, restore], layout=W.Layout(margin="0 6px 0 0"))
+
+
+def _model_note(lab) -> str:
+    if getattr(lab, "is_tiny", False):
+        return "<b>Built-in tiny model</b>: random weights, so images are noise. Load a real model for pictures."
+    if getattr(lab, "is_toy", False):
+        from ..toy import vocabulary
+
+        return ("<b>Built-in teaching model</b>: an exact denoiser that can only draw its own pictures (shapes, "
+                f"colours, positions, sizes). Words it knows: <i>{html.escape(', '.join(vocabulary()))}</i>.")
+    return ""
 
 
 def _progress(event: StepEvent, elapsed: float) -> str:

@@ -1,0 +1,224 @@
+"""How accurate is each sampler? Its run against a high-accuracy solution of the probability-flow ODE.
+
+Every deterministic sampler integrates the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma
+(Karras et al. 2022, eq. 3, with x = x0 + sigma eps and D the denoiser, guidance included) from its
+starting noise down to its last noise level. ``sampler_accuracy`` runs each (sampler, schedule, steps)
+through the real pipeline and compares it with a reference solution from the very same starting point.
+
+What is compared: the latents at the run's last nonzero noise level sigma_N, as RMS(x - x_ref) / sigma_N
+(the error in units of the noise still left; sigma_N is sigma_min = 0.029 for most schedules). The
+final step to sigma = 0 returns the denoiser's x0, which for the toy model's exact denoiser of finitely
+many pictures snaps to one picture: the final latents are either exactly the reference's picture or
+another one (``final_error`` says which), so they cannot show an order of convergence; the state
+before the snap can.
+
+The reference: on the toy model (``unet.exact``), scipy's DOP853 (8th-order Runge-Kutta, Hairer et al.)
+on the float64 exact denoiser in log sigma, rtol 1e-10; its error is estimated as the difference to a
+solve with 100x looser tolerances. On a trained model, Heun's method (2nd order) with
+``reference_steps`` steps evenly spaced in log sigma, its error estimated by Richardson's rule from a
+solve with half as many steps (|x_n - x_{n/2}| / 3).
+
+Stochastic samplers (Euler a, DPM2 a, DPM++ 2M SDE, DDPM, LCM) are refused: they sample the reverse SDE,
+whose result differs from the ODE's however many steps they take.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import noise_schedules as S
+from .analysis import last_record_per_step
+from .denoiser import Denoiser
+from .generation import Settings, initial_noise, validate
+from .sampler_catalog import CATALOG, is_variance_exploding, make_scheduler, parse_sampler, resolve
+
+
+@dataclass(frozen=True)
+class AccuracyRow:
+    sampler: str
+    schedule: str
+    steps: int
+    nfe: int  # UNet calls
+    error: float  # RMS(x - x_ref) / sigma_end at the last nonzero noise level
+    final_error: float  # RMS(final latents - reference's) / RMS(reference's)
+    sigma_end: float  # the last nonzero noise level, where ``error`` is measured
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Reference:
+    """How one reference solution was made and how accurate it is (same units as ``error``)."""
+
+    method: str
+    sigma_start: float
+    sigma_end: float
+    estimated_error: float
+    evaluations: int  # denoiser calls
+
+
+@dataclass
+class Accuracy:
+    """The rows of a sampler study, the references they were measured against, and what was skipped."""
+
+    rows: list[AccuracyRow]
+    references: list[Reference]
+    skipped: dict[tuple[str, str], str] = field(default_factory=dict)
+    settings: Settings | None = None
+
+    def lines(self) -> dict[tuple[str, str], list[AccuracyRow]]:
+        """Rows grouped by (sampler, schedule), in order of NFE."""
+        out: dict[tuple[str, str], list[AccuracyRow]] = {}
+        for r in self.rows:
+            out.setdefault((r.sampler, r.schedule), []).append(r)
+        return {k: sorted(v, key=lambda r: r.nfe) for k, v in out.items()}
+
+    @property
+    def reference_error(self) -> float:
+        """The largest estimated error of the references: errors below it are not resolved."""
+        return max((r.estimated_error for r in self.references), default=0.0)
+
+    def slope(self, sampler: str, schedule: str = S.AUTOMATIC, points: int = 3) -> float:
+        """d log(error) / d log(NFE): a least-squares line through the ``points`` largest step counts whose
+        error is above 10x the reference's (the asymptotic regime; about -1 for a first-order sampler,
+        -2 for a second-order one, near 0 where something other than the step size limits the error)."""
+        spec, concrete = resolve(sampler, schedule)
+        rows = [r for r in self.lines().get((spec.name, concrete), []) if r.error > 10 * self.reference_error]
+        rows = rows[-points:]
+        if len(rows) < 2:
+            raise ValueError(f"Fewer than two resolved rows for {spec.name} / {concrete}; measure more step counts.")
+        return float(np.polyfit(np.log([r.nfe for r in rows]), np.log([r.error for r in rows]), 1)[0])
+
+    def __repr__(self) -> str:
+        head = f"{'sampler':12s} {'schedule':13s} {'steps':>5s} {'NFE':>5s} {'error':>10s} {'final':>9s}"
+        lines = [head] + [f"{r.sampler:12s} {r.schedule:13s} {r.steps:5d} {r.nfe:5d} {r.error:10.3e} {r.final_error:9.2e}"
+                          for rows in self.lines().values() for r in rows]
+        lines.append(f"reference error <= {self.reference_error:.1e} ({self.references[0].method if self.references else '-'})")
+        lines += [f"skipped {a} / {b}: {why}" for (a, b), why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def deterministic_samplers() -> list[str]:
+    return [s.name for s in CATALOG.values() if not s.stochastic]
+
+
+def sampler_accuracy(lab, samplers: Sequence[str] = ("Euler", "Heun", "DPM++ 2M"), schedules: Sequence[str] = ("automatic",),
+                     steps: Sequence[int] = (5, 10, 20, 40), *, prompt: str = "", negative_prompt: str = "",
+                     seed: int = 0, cfg: float = 7.0, width: int | None = None, height: int | None = None,
+                     reference_steps: int = 200) -> Accuracy:
+    """One row per (sampler, schedule, steps): NFE and the error against a reference solution of the
+    probability-flow ODE from the same starting noise (see the module docstring for what is measured
+    and how the reference is made). Combinations a sampler cannot follow are skipped and listed in
+    ``.skipped``; stochastic samplers and bad settings raise before any work."""
+    base = Settings(prompt=prompt, negative_prompt=negative_prompt, seed=seed, cfg=cfg, width=width, height=height)
+    cells = []
+    skipped: dict[tuple[str, str], str] = {}
+    seen: set[tuple[str, str]] = set()  # "automatic" and the schedule it stands for are one line
+    for name in samplers:
+        spec, legacy = parse_sampler(name)
+        if spec.stochastic:
+            raise ValueError(f"{spec.name} is stochastic: it samples the reverse SDE, whose result differs from the "
+                             "probability-flow ODE's however many steps it takes, so its error against the ODE would not "
+                             f"fall with NFE. sampler_accuracy measures ODE solvers: {', '.join(deterministic_samplers())}.")
+        for schedule in ([legacy] if legacy else schedules):
+            try:
+                _, concrete = resolve(spec.name, schedule)
+            except ValueError as exc:
+                skipped[(spec.name, S.resolve_schedule(schedule))] = str(exc)
+                continue
+            if (spec.name, concrete) in seen:
+                continue
+            seen.add((spec.name, concrete))
+            for n in steps:
+                if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+                    raise ValueError(f"steps must be whole numbers >= 2 (the error is measured before the last step), not {n!r}.")
+                cells.append(validate(lab, base.updated(sampler=spec.name, schedule=concrete, steps=int(n))))
+    if not cells:
+        raise ValueError(f"Nothing to measure: every combination was skipped ({'; '.join(skipped.values())}).")
+    denoiser = Denoiser(lab, prompt, negative_prompt, cfg)
+    references: dict[tuple, tuple[torch.Tensor, Reference]] = {}
+    rows = []
+    for cell in cells:
+        rows.append(_measure(lab, cell, denoiser, references, reference_steps))
+    return Accuracy(rows=rows, references=[ref for _, ref in references.values()], skipped=skipped, settings=base)
+
+
+def _measure(lab, cell: Settings, denoiser: Denoiser, references: dict, reference_steps: int) -> AccuracyRow:
+    t0 = time.perf_counter()
+    run = lab.generate(cell, record_dtype=torch.float32)
+    seconds = time.perf_counter() - t0
+    scheduler = make_scheduler(lab, cell.sampler, cell.schedule, **cell.schedule_params)
+    scheduler.set_timesteps(cell.steps)
+    ve = is_variance_exploding(scheduler)
+    levels = run.plan.sigmas
+    end = cell.steps - 1 if levels[-1] == 0 else cell.steps  # the last nonzero level
+    sigma_end = float(levels[end])
+    record = last_record_per_step(run)[end]
+    state = record.latents.double() * (1.0 if ve else math.sqrt(1 + sigma_end ** 2))
+    start_scale = float(scheduler.init_noise_sigma) if ve else math.sqrt(1 + float(levels[0]) ** 2)
+    key = (round(float(levels[0]), 10), round(start_scale, 10), round(sigma_end, 10))
+    if key not in references:
+        start = initial_noise(lab, cell).double().cpu() * start_scale
+        references[key] = _reference(denoiser, start, float(levels[0]), sigma_end, reference_steps)
+    x_ref, _ = references[key]
+    error = _rms(state - x_ref) / sigma_end
+    final_ref = denoiser(x_ref, sigma_end) if levels[-1] == 0 else x_ref
+    final = run.final_latents.double() * (1.0 if ve or levels[-1] == 0 else math.sqrt(1 + sigma_end ** 2))
+    return AccuracyRow(sampler=cell.sampler, schedule=cell.schedule, steps=cell.steps, nfe=run.nfe, error=error,
+                       final_error=_rms(final - final_ref) / max(_rms(final_ref), 1e-30), sigma_end=sigma_end,
+                       seconds=seconds)
+
+
+def _rms(t: torch.Tensor) -> float:
+    return float(t.double().pow(2).mean().sqrt())
+
+
+def _reference(denoiser: Denoiser, start: torch.Tensor, sigma_start: float, sigma_end: float,
+               steps: int) -> tuple[torch.Tensor, Reference]:
+    calls = denoiser.calls
+    if getattr(denoiser.unet, "exact", False):
+        tight = _dop853(denoiser, start, sigma_start, sigma_end, rtol=1e-10, atol=1e-12)
+        loose = _dop853(denoiser, start, sigma_start, sigma_end, rtol=1e-8, atol=1e-10)
+        method = "DOP853 on the exact float64 denoiser, rtol 1e-10"
+        x, other, factor = tight, loose, 1.0
+    else:
+        x = _heun(denoiser, start, sigma_start, sigma_end, steps)
+        other, factor = _heun(denoiser, start, sigma_start, sigma_end, max(steps // 2, 1)), 1 / 3
+        method = f"Heun, {steps} steps even in log sigma (Richardson estimate)"
+    estimate = factor * _rms(x - other) / sigma_end
+    return x, Reference(method=method, sigma_start=sigma_start, sigma_end=sigma_end, estimated_error=estimate,
+                        evaluations=denoiser.calls - calls)
+
+
+def _dop853(denoiser: Denoiser, start: torch.Tensor, sigma_start: float, sigma_end: float, *, rtol: float,
+            atol: float) -> torch.Tensor:
+    """dx/ds = x - D(x, e^s), s = log sigma, from log sigma_start down to log sigma_end."""
+    from scipy.integrate import solve_ivp
+
+    shape = start.shape
+
+    def rhs(s, y):
+        x = torch.from_numpy(y).reshape(shape)
+        return (x - denoiser(x, math.exp(s))).reshape(-1).numpy()
+
+    sol = solve_ivp(rhs, (math.log(sigma_start), math.log(sigma_end)), start.reshape(-1).numpy(), method="DOP853",
+                    rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"The reference ODE solve failed: {sol.message}")
+    return torch.from_numpy(sol.y[:, -1]).reshape(shape)
+
+
+def _heun(denoiser: Denoiser, start: torch.Tensor, sigma_start: float, sigma_end: float, steps: int) -> torch.Tensor:
+    """Heun's method in sigma (k-diffusion's sample_heun without churn) on levels even in log sigma."""
+    sig = np.exp(np.linspace(math.log(sigma_start), math.log(sigma_end), steps + 1))
+    x = start.double()
+    for s, s_next in zip(sig[:-1], sig[1:]):
+        d = (x - denoiser(x, s)) / s
+        x_euler = x + (s_next - s) * d
+        d_next = (x_euler - denoiser(x_euler, s_next)) / s_next
+        x = x + (s_next - s) * (d + d_next) / 2
+    return x

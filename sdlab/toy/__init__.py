@@ -1,0 +1,37 @@
+"""The teaching model: ``sdlab.load("toy")`` draws real pictures on any CPU, offline, in milliseconds a step.
+
+It is a real diffusers ``StableDiffusionPipeline`` whose UNet is the *exact* denoiser of a built-in set
+of 432 procedurally drawn pictures (4 shapes x 6 colours x 3 columns x 3 rows x 2 sizes), in a 4-channel
+latent space at 1/8 resolution with a fixed, smooth decoder. Prompt words pick attributes ("a small red
+star at the top left"); the negative prompt takes the unconditional slot, as in Stable Diffusion.
+
+It is a teaching model: it can only draw its own pictures. It memorises them exactly, which is also
+what the exact denoiser of any finite data set does; a trained model generalises because it is *not*
+exact. ``"toy-v"`` is the same model answering in v-prediction (as SD 2.x 768-v does).
+
+``sdlab.toy.dataset()`` returns its pictures, latents, attributes and vocabulary.
+"""
+from __future__ import annotations
+
+from .data import GROUPS, STOP_WORDS, Dataset, allowed_for, attributes, dataset, unknown_words, vocabulary
+
+__all__ = ["GROUPS", "STOP_WORDS", "Dataset", "allowed_for", "attributes", "build_toy_pipeline", "dataset",
+           "describe", "unknown_words", "vocabulary"]
+
+
+def build_toy_pipeline(dtype=None, prediction_type: str = "epsilon"):
+    """The teaching model's StableDiffusionPipeline (see :mod:`sdlab.toy.model`)."""
+    import torch
+
+    from .model import build_toy_pipeline as build
+
+    return build(dtype or torch.float32, prediction_type)
+
+
+def describe() -> str:
+    """What the toy model is, in two sentences, and the words it knows (used in its load notice)."""
+    n = len(attributes())
+    groups = " x ".join(f"{len(v)} {k}s" if k != "colour" else f"{len(v)} colours" for k, v in GROUPS.items())
+    return (f"the built-in teaching model: an exact denoiser over {n} procedurally drawn pictures ({groups}). "
+            "It can only draw its own pictures (it memorises them exactly, as the exact denoiser of any finite "
+            f"data set does). Words it knows: {', '.join(vocabulary())}.")
