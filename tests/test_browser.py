@@ -1,8 +1,10 @@
 """End to end: the Studio in a real JupyterLab, driven by headless Chromium through Playwright.
 
 Uses Debian's chromium (`make browser` installs it; never a browser download). Starts JupyterLab on a
-free local port with a notebook that shows two Studios on the tiny model, runs it, clicks Generate,
-watches the image change and the progress line reach N/N, stops a long run, and checks no cell failed.
+free local port with a notebook that shows a Studio on the teaching model and one on the tiny model,
+runs it, clicks Generate, watches the image change and the progress line reach N/N, reads the final
+frame back from the page and checks it is one of the teaching model's pictures with the prompt's
+attributes, stops a long run, and checks no cell failed.
 """
 from __future__ import annotations
 
@@ -27,10 +29,19 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CELLS = [
     "import sdlab, warnings\nwarnings.simplefilter('ignore', sdlab.SdlabNotice)\n"
-    "lab = sdlab.load('tiny')\nlab.pipe.set_progress_bar_config(disable=True)",
-    "studio = sdlab.Studio(lab, prompt='a cat', steps=12, max_fps=30)\nstudio",
+    "toy = sdlab.load('toy')\nlab = sdlab.load('tiny')\nlab.pipe.set_progress_bar_config(disable=True)\n"
+    "toy.pipe.set_progress_bar_config(disable=True)",
+    "studio = sdlab.Studio(toy, prompt='a large red circle', steps=12, seed=3, max_fps=30)\nstudio",
     "long = sdlab.Studio(lab, prompt='a long run', steps=150, width=256, height=256)\nlong",
 ]
+
+# The bytes behind an <img> (a blob: URL that ipywidgets made), as base64.
+_IMAGE_BYTES = """async (img) => {
+    const blob = await (await fetch(img.src)).blob();
+    const bytes = new Uint8Array(await blob.arrayBuffer());
+    let text = ""; for (const b of bytes) text += String.fromCharCode(b);
+    return btoa(text);
+}"""
 
 
 def _free_port() -> int:
@@ -90,6 +101,29 @@ def _wait_text(locator, text: str, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def _check_final_frame(b64: str, folder: Path) -> None:
+    """The frame the browser shows is one of the toy's pictures: a large red circle."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    import sdlab
+
+    frame = Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
+    frame.save(folder / "studio-final-frame.png")
+    assert frame.size == (512, 512)
+    toy = sdlab.load("toy")
+    ds = sdlab.toy.dataset()
+    index, distance = ds.nearest(toy.encode(frame)[0])
+    picture = ds.images[index]
+    attrs = ds.attributes[index]
+    assert attrs["shape"] == "circle" and attrs["colour"] == "red" and attrs["size"] == "large", attrs
+    diff = np.abs(np.asarray(frame).astype(int) - picture.astype(int))
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) < 40, (diff.mean(), np.percentile(diff, 99))  # JPEG q85
+
+
 def test_studio_in_jupyterlab(jupyterlab):
     from playwright.sync_api import sync_playwright
 
@@ -109,9 +143,10 @@ def test_studio_in_jupyterlab(jupyterlab):
             cells = page.locator(".jp-Notebook .jp-CodeCell")
             first, second = cells.nth(1), cells.nth(2)
             # the controls rendered
-            assert first.locator("textarea").first.input_value() == "a cat"
+            assert first.locator("textarea").first.input_value() == "a large red circle"
             assert first.locator("select").count() >= 2  # sampler and schedule
-            assert first.get_by_text("Built-in tiny model").count() == 1
+            assert first.get_by_text("Built-in teaching model").count() == 1
+            assert second.get_by_text("Built-in tiny model").count() == 1
 
             # Generate: the image changes across steps, the progress line reaches N/N
             progress = first.locator(".sdlab-progress")
@@ -129,6 +164,7 @@ def test_studio_in_jupyterlab(jupyterlab):
             assert len(sources) >= 2, sources
             assert "step 12/12" in progress.inner_text()
             page.screenshot(path=str(folder / "studio-done.png"), full_page=True)
+            _check_final_frame(image.evaluate(_IMAGE_BYTES), folder)
 
             # a longer run, stopped mid-way
             long_progress = second.locator(".sdlab-progress")
