@@ -290,3 +290,13 @@ def test_plot_accuracy(study):
     assert set(drawn.artists) == {("Euler", "uniform"), ("DPM++ 2M", "uniform")}
     assert list(drawn.artists["Euler", "uniform"].get_xdata()) == [10, 20, 40]
     assert "slope" in drawn.ax.get_legend().get_texts()[0].get_text()
+
+
+def test_on_a_trained_model_the_reference_is_a_many_step_run(tiny):
+    tiny.pipe.set_progress_bar_config(disable=True)
+    study = sdlab.sampler_accuracy(tiny, ["Euler", "DPM++ 2M"], ["uniform"], [4, 8], prompt="a cat", seed=2,
+                                   reference_steps=40)
+    assert [r.steps for r in study.rows] == [4, 8, 4, 8] and all(np.isfinite(r.error) for r in study.rows)
+    ref = study.references[0]
+    assert ref.method.startswith("Heun, 40 steps") and ref.evaluations == 2 * (40 + 20)
+    assert ref.estimated_error < min(r.error for r in study.rows)
