@@ -4,7 +4,8 @@ diffusers and A1111 compute two predictions per step: eps_u for the negative pro
 is none) and eps_c for the prompt, then eps = eps_u + s (eps_c - eps_u). The negative prompt simply
 takes the unconditional slot.
 
-Some write-ups (the sampling-method article in the project's seeds) describe three predictions:
+Some write-ups (the Habr article "Погружение в Sampling method: механизмы работы в моделях диффузии", a
+deep dive into sampling methods) describe three predictions:
 unconditional (empty prompt), positive and negative, combined as
     eps = eps_empty + s (eps_pos - eps_empty) - s_neg (eps_neg - eps_empty).
 ``three_way_guidance`` lets a reader try that without re-implementing the pipeline: a forward hook on
