@@ -8,7 +8,8 @@ from __future__ import annotations
 from .accuracy import Accuracy, sampler_accuracy
 from .analysis import Sweep, sweep
 from .forward_process import add_noise
-from .generation import BusyError, GenerationError, Job, Run, Settings, StepEvent, StepRecord, generate, generate_async
+from .generation import BusyError, GenerationError, Job, Prepared, generate, generate_async, prepare, prepare_settings
+from .records import Run, StepEvent, StepRecord
 from .infotext import parse_infotext, read_settings
 from . import previews, toy  # noqa: F401  (sdlab.previews, sdlab.toy)
 from .models import (
@@ -26,10 +27,20 @@ from .models import (
     unload,
 )
 from .notices import SdlabNotice, SdlabWarning
-from .sampler_catalog import Plan, Sampler, describe, effective_config, make_scheduler, plan, samplers
+from .sampler_catalog import Plan, Sampler, config_changes, describe, effective_config, make_scheduler, plan, samplers
+from .settings import RunOptions, Settings
 from .noise_schedules import TrainingSchedule, schedules, sigmas
 
-__version__ = "0.1.0"
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sdlab")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
+__version__ = _version()
 
 _VIEWS = {"Studio": "sdlab.widgets", "StepViewer": "sdlab.widgets", "SamplerPicker": "sdlab.widgets",
           "ScheduleExplorer": "sdlab.widgets", "plots": "sdlab.plots"}
@@ -45,7 +56,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'sdlab' has no attribute {name!r}")
 
 __all__ = [
-    "BusyError", "GenerationError", "Job", "Run", "Settings", "StepEvent", "StepRecord", "generate",
+    "BusyError", "GenerationError", "Job", "Prepared", "Run", "RunOptions", "Settings", "StepEvent", "StepRecord",
+    "generate", "prepare", "prepare_settings", "config_changes",
     "generate_async", "parse_infotext", "read_settings", "Sweep", "sweep", "add_noise", "toy", "Accuracy", "sampler_accuracy",
     "DEFAULT_MODEL", "Lab", "LoadError", "ModelNotAvailable", "ModelUnloadedError", "SdlabNotice",
     "SdlabWarning", "UnsafeCheckpointError", "UnsupportedModelError", "load", "loaded", "max_resident",

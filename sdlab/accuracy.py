@@ -34,8 +34,9 @@ import torch
 from . import noise_schedules as S
 from .analysis import last_record_per_step
 from .denoiser import Denoiser
-from .generation import Settings, initial_noise, validate
-from .sampler_catalog import CATALOG, is_variance_exploding, make_scheduler, parse_sampler, resolve
+from .generation import Prepared, initial_noise, prepare
+from .sampler_catalog import CATALOG, parse_sampler, resolve
+from .settings import Settings
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def sampler_accuracy(lab, samplers: Sequence[str] = ("Euler", "Heun", "DPM++ 2M"
             for n in steps:
                 if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
                     raise ValueError(f"steps must be whole numbers >= 2 (the error is measured before the last step), not {n!r}.")
-                cells.append(validate(lab, base.updated(sampler=spec.name, schedule=concrete, steps=int(n))))
+                cells.append(prepare(lab, base.updated(sampler=spec.name, schedule=concrete, steps=int(n))))
     if not cells:
         raise ValueError(f"Nothing to measure: every combination was skipped ({'; '.join(skipped.values())}).")
     denoiser = Denoiser(lab, prompt, negative_prompt, cfg)
@@ -147,19 +148,18 @@ def sampler_accuracy(lab, samplers: Sequence[str] = ("Euler", "Heun", "DPM++ 2M"
     return Accuracy(rows=rows, references=[ref for _, ref in references.values()], skipped=skipped, settings=base)
 
 
-def _measure(lab, cell: Settings, denoiser: Denoiser, references: dict, reference_steps: int) -> AccuracyRow:
+def _measure(lab, prepared: Prepared, denoiser: Denoiser, references: dict, reference_steps: int) -> AccuracyRow:
     t0 = time.perf_counter()
-    run = lab.generate(cell, record_dtype=torch.float32)
+    run = lab.generate(prepared, record_dtype=torch.float32)
     seconds = time.perf_counter() - t0
-    scheduler = make_scheduler(lab, cell.sampler, cell.schedule, **cell.schedule_params)
-    scheduler.set_timesteps(cell.steps)
-    ve = is_variance_exploding(scheduler)
+    cell = run.settings
+    ve = run.plan.variance_exploding
     levels = run.plan.sigmas
     end = cell.steps - 1 if levels[-1] == 0 else cell.steps  # the last nonzero level
     sigma_end = float(levels[end])
     record = last_record_per_step(run)[end]
-    state = record.latents.double() * (1.0 if ve else math.sqrt(1 + sigma_end ** 2))
-    start_scale = float(scheduler.init_noise_sigma) if ve else math.sqrt(1 + float(levels[0]) ** 2)
+    state = record.latents.double() / (1.0 if ve else float(S.vp_scale(sigma_end)))  # as x0 + sigma eps
+    start_scale = run.plan.init_noise_sigma if ve else 1 / float(S.vp_scale(levels[0]))
     key = (round(float(levels[0]), 10), round(start_scale, 10), round(sigma_end, 10))
     if key not in references:
         start = initial_noise(lab, cell).double().cpu() * start_scale
@@ -167,7 +167,7 @@ def _measure(lab, cell: Settings, denoiser: Denoiser, references: dict, referenc
     x_ref, _ = references[key]
     error = _rms(state - x_ref) / sigma_end
     final_ref = denoiser(x_ref, sigma_end) if levels[-1] == 0 else x_ref
-    final = run.final_latents.double() * (1.0 if ve or levels[-1] == 0 else math.sqrt(1 + sigma_end ** 2))
+    final = run.final_latents.double() / (1.0 if ve or levels[-1] == 0 else float(S.vp_scale(sigma_end)))
     return AccuracyRow(sampler=cell.sampler, schedule=cell.schedule, steps=cell.steps, nfe=run.nfe, error=error,
                        final_error=_rms(final - final_ref) / max(_rms(final_ref), 1e-30), sigma_end=sigma_end,
                        seconds=seconds)

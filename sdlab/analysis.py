@@ -8,10 +8,19 @@ import numpy as np
 import torch
 
 from . import noise_schedules as S
-from .generation import Run, Settings, StepRecord, validate
-from .sampler_catalog import resolve
+from .generation import prepare
+from .records import Run, StepRecord
+from .settings import Settings
 
 SIGMA_BANDS = (float("inf"), 5.0, 1.0, 0.2, 0.0)  # high noise (composition) ... low noise (detail)
+
+
+def band_labels(edges: Sequence[float] = SIGMA_BANDS) -> list[str]:
+    """Labels of the sigma bands between ``edges`` (high to low): "sigma > 5", "1 - 5", ..., "< 0.2"."""
+    out = []
+    for hi, lo in zip(edges, edges[1:]):
+        out.append(f"sigma > {lo:g}" if hi == float("inf") else f"< {hi:g}" if lo == 0 else f"{lo:g} - {hi:g}")
+    return out
 
 
 def steps_per_band(sigmas: np.ndarray, edges: Sequence[float] = SIGMA_BANDS) -> list[int]:
@@ -23,7 +32,7 @@ def steps_per_band(sigmas: np.ndarray, edges: Sequence[float] = SIGMA_BANDS) -> 
 def last_record_per_step(run: Run) -> dict[int, StepRecord]:
     """The record that completes each user step (Heun-type samplers record two per step)."""
     out: dict[int, StepRecord] = {}
-    for r in run.steps:
+    for r in run.records:
         out[r.step] = r
     return out
 
@@ -39,15 +48,15 @@ class RunStats:
 
 
 def run_stats(run: Run) -> RunStats:
-    if not run.steps or run.steps[0].latents is None:
-        raise ValueError("This run kept no tensors (record=False); generate with record=True to analyse it.")
-    x0 = [r.x0.float() for r in run.steps]
+    if not run.records:
+        raise ValueError("This run has no records.")
+    x0 = [r.view("x0") for r in run.records]
     change = [float("nan")] + [float((b - a).norm() / b.norm().clamp_min(1e-12)) for a, b in zip(x0, x0[1:])]
-    lat = [r.latents.float() * r.xt_scale for r in run.steps]
-    return RunStats(steps=np.array([r.step for r in run.steps]),
-                    sigma=np.array([np.nan if r.sigma is None else r.sigma for r in run.steps]),
+    lat = [r.view("xt") for r in run.records]
+    return RunStats(steps=np.array([r.step for r in run.records]),
+                    sigma=np.array([np.nan if r.sigma is None else r.sigma for r in run.records]),
                     x0_change=np.array(change), latent_mean=np.array([float(t.mean()) for t in lat]),
-                    latent_std=np.array([float(t.std()) for t in lat]), nfe=np.array([r.nfe for r in run.steps]))
+                    latent_std=np.array([float(t.std()) for t in lat]), nfe=np.array([r.nfe for r in run.records]))
 
 
 def cfg_parts(record: StepRecord, cfg: float) -> dict[str, torch.Tensor]:
@@ -86,32 +95,28 @@ class Sweep:
 
 def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any], y: str | None = None,
           y_values: Sequence[Any] = (None,), skip_invalid: bool = False, **settings) -> Sweep:
-    """Run every (y, x) combination of two settings at a fixed seed; check each cell used what it names.
+    """Run every (y, x) combination of two settings at a fixed seed.
 
-    x / y: a Settings field ("sampler", "schedule", "steps", "cfg", "seed", ...). Every cell is validated
-    before the first run, so a bad combination fails fast (or, with skip_invalid, leaves that cell empty)."""
+    x / y: a Settings field ("sampler", "schedule", "steps", "cfg", "seed", ...). Every cell is prepared
+    (checked, names resolved) before the first run, so a bad combination fails fast (or, with
+    skip_invalid, leaves that cell empty); each run's settings hold the names it ran with."""
     base = (base or Settings()).updated(**settings)
     if base.seed is None:
         base = replace(base, seed=0)
-    cells: dict[tuple[int, int], Settings] = {}
+    cells = {}
     errors: dict[tuple[int, int], str] = {}
     for i, yv in enumerate(y_values):
         for j, xv in enumerate(x_values):
             cell = base.updated(**{x: xv}) if y is None else base.updated(**{x: xv, y: yv})
             try:
-                cells[i, j] = validate(lab, cell)
+                cells[i, j] = prepare(lab, cell)
             except ValueError as exc:
                 if not skip_invalid:
                     raise ValueError(f"Cell {y}={yv!r}, {x}={xv!r} cannot run: {exc}") from exc
                 errors[i, j] = str(exc)
     runs: list[list[Run | None]] = [[None] * len(x_values) for _ in y_values]
     for (i, j), cell in cells.items():
-        run = lab.generate(cell)
-        spec, schedule = resolve(cell.sampler, cell.schedule)
-        if run.scheduler_report["sampler"] != spec.name or run.scheduler_report["schedule"] != schedule:
-            raise RuntimeError(f"Cell ({i}, {j}) asked for {spec.name} / {schedule} but ran "
-                               f"{run.scheduler_report['sampler']} / {run.scheduler_report['schedule']}.")
-        runs[i][j] = run
+        runs[i][j] = lab.generate(cell)
     return Sweep(x=x, x_values=list(x_values), y=y, y_values=list(y_values), runs=runs, errors=errors)
 
 

@@ -32,7 +32,7 @@ class Denoiser:
                                       f"{type(pipe).__name__} (SDXL's added conditioning is not wired).")
         self.unet = pipe.unet
         self.prediction_type = lab.prediction_type
-        self.training = S.TrainingSchedule.from_config(lab.default_scheduler.config)
+        self.training = S.TrainingSchedule.of(lab)
         self.cfg = float(cfg)
         self.guided = guidance_applies(pipe, self.cfg)
         # the exact toy denoiser computes in float64; a trained UNet in its own dtype

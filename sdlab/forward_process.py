@@ -31,8 +31,7 @@ def add_noise(image_or_latents, *, sigma: float | Sequence[float] | None = None,
         if not np.all(np.isfinite(sig)) or np.any(sig < 0):
             raise ValueError(f"sigma must be finite and >= 0, not {sigma!r}.")
     else:
-        training = (S.TrainingSchedule.from_config(lab.default_scheduler.config) if lab is not None
-                    else S.TrainingSchedule.stable_diffusion())
+        training = S.TrainingSchedule.of(lab)
         t = np.atleast_1d(np.asarray(timestep, dtype=np.float64))
         T = training.num_train_timesteps
         if not np.all(np.isfinite(t)) or np.any(t < 0) or np.any(t > T - 1):

@@ -2,17 +2,20 @@
 
 ``generate(lab, prompt, ...)`` calls ``lab.pipe(...)`` with exactly the arguments a plain call would
 get, and observes it through three read-only taps:
-- ``callback_on_step_end``: the latents x_t after every step (and the place where Stop interrupts);
+- ``callback_on_step_end``: the sample after every UNet call (and the place where Stop interrupts);
 - a forward hook on the UNet: the unconditional and conditional noise predictions of each call;
 - a wrapper around the run's own scheduler's ``step``: the scheduler's pred_original_sample (x0) where it
   has one; elsewhere x0 is computed from the model output for the model's prediction type.
 None of them writes anything back, so the final latents and image equal a plain ``pipe(...)`` call's
-bit for bit (tests check it for every catalog sampler).
+bit for bit (tests check it for every catalog sampler). Which user step and noise level each UNet call
+belongs to is read from the plan (``sampler_catalog.plan``), not worked out during the run.
 
-Records are copied to the host as float16 (4 tensors of B x 4 x h/8 x w/8 per step: 128 KiB per step for
-one 512 px image, 6.4 MiB for 50 steps). On CUDA the copies go to pinned memory without blocking, and
-step times come from CUDA events, so recording adds no host-device sync per step; ``record=False``
-keeps only the step metadata.
+Records are host copies (float16 unless asked otherwise; their size is in the README). On CUDA the copies
+go to pinned memory without blocking, and step times come from CUDA events read once at the end, so
+recording adds no host-device sync per step; ``record=False`` keeps only the step metadata.
+
+Names are resolved once per run, by ``prepare``: the run's settings then hold the catalog's names for the
+sampler and the concrete schedule, and ``run.requested`` the settings as the user gave them.
 """
 from __future__ import annotations
 
@@ -23,20 +26,20 @@ import math
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from . import noise_schedules as S
+from . import sampler_catalog as catalog
+from .denoiser import guidance_applies
 from .notices import notice, warn
-from .previews import Previewer, latent_channels, load_taesd
+from .previews import DECODERS, TARGETS, Previewer, latent_channels, load_taesd
 from .prompts import prompt_problems
-from .sampler_catalog import Plan, effective_config, is_variance_exploding, make_scheduler, plan, resolve
-
-ALIASES = {"guidance_scale": "cfg", "cfg_scale": "cfg", "num_inference_steps": "steps",
-           "num_images_per_prompt": "batch_size", "schedule_type": "schedule"}
+from .records import Run, StepEvent, StepRecord, record_tensor
+from .settings import ALIASES, OPTION_NAMES, SETTING_NAMES, RunOptions, Settings, split_kwargs
 
 
 class GenerationError(RuntimeError):
@@ -47,133 +50,27 @@ class BusyError(RuntimeError):
     """A run is already going on this model."""
 
 
-@dataclass
-class Settings:
-    """Everything that determines a picture. A plain dataclass: the truth that widgets edit."""
-
-    prompt: str = ""
-    negative_prompt: str = ""
-    cfg: float = 7.0
-    sampler: str = "DPM++ 2M"
-    schedule: str = "automatic"
-    steps: int = 20
-    seed: int | None = None  # None: a random seed, recorded in the run
-    width: int | None = None  # None: the model's native size
-    height: int | None = None
-    batch_size: int = 1
-    eta: float | None = None  # DDIM / ancestral noise amount where the scheduler takes it
-    schedule_params: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)  # fields read from an infotext that sdlab does not use
-
-    @classmethod
-    def from_kwargs(cls, **kwargs) -> "Settings":
-        return cls().updated(**kwargs)
-
-    def updated(self, **kwargs) -> "Settings":
-        """A copy with some fields changed; diffusers' / A1111's names are accepted as aliases."""
-        names = {f.name for f in fields(self)}
-        clean = {}
-        for key, value in kwargs.items():
-            key = ALIASES.get(key, key)
-            if key not in names:
-                raise TypeError(f"Unknown setting {key!r}. Settings: {', '.join(sorted(names))} "
-                                f"(aliases: {', '.join(sorted(ALIASES))}).")
-            clean[key] = value
-        return replace(self, **clean)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class StepRecord:
-    """One scheduler step (one pipeline loop iteration; Heun-type samplers take two per user step)."""
-
-    index: int  # loop iteration, 0-based
-    step: int  # user steps completed after this iteration, 1..steps
-    steps: int  # N, the user's step count
-    timestep: float
-    sigma: float | None  # noise level after this iteration (None where the scheduler has no sigmas)
-    nfe: int  # UNet calls so far
-    latents: torch.Tensor | None  # x_t after the step (host, float16)
-    x0: torch.Tensor | None  # predicted clean latents (host, float16)
-    noise_uncond: torch.Tensor | None  # unconditional noise prediction (None without CFG)
-    noise_cond: torch.Tensor | None  # conditional noise prediction
-    seconds: float = float("nan")  # wall time of this iteration
-    xt_scale: float = 1.0  # multiply latents by this for a VP-scaled x_t (Euler-type samplers carry x0 + sigma*eps)
-
-
-@dataclass
-class StepEvent:
-    """What ``on_step`` and the widgets receive after every step."""
-
-    run: "Run"
-    record: StepRecord
-    preview: np.ndarray | None  # HxWx3 uint8, or None when this step was not previewed
-    channels: np.ndarray | None = None  # (4, h, w) uint8 latent channels of the previewed tensor, with the preview
-
-
-@dataclass
-class Run:
-    """The result of one generation, complete or stopped."""
-
-    settings: Settings
-    model: str
-    family: str
-    device: str
-    dtype: str
-    plan: Plan
-    scheduler_report: dict = field(default_factory=dict)
-    steps: list[StepRecord] = field(default_factory=list)
-    images: list = field(default_factory=list)
-    final_latents: torch.Tensor | None = None
-    stopped: bool = False
-    problems: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    nsfw: list | None = None
-    preview: np.ndarray | None = None
-
-    @property
-    def image(self):
-        return self.images[0] if self.images else None
-
-    @property
-    def nfe(self) -> int:
-        return self.steps[-1].nfe if self.steps else 0
-
-    @property
-    def done(self) -> bool:
-        return bool(self.images)
-
-    @property
-    def record_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for r in self.steps
-                   for t in (r.latents, r.x0, r.noise_uncond, r.noise_cond) if t is not None)
-
-    def save(self, path, **kwargs):
-        from .infotext import save_png
-
-        return save_png(self, path, **kwargs)
-
-    def infotext(self) -> str:
-        from .infotext import format_infotext
-
-        return format_infotext(self)
-
-    def __repr__(self) -> str:
-        state = "stopped" if self.stopped else ("done" if self.done else "running")
-        s = self.settings
-        return (f"Run({state}, {s.sampler} / {self.scheduler_report.get('schedule', s.schedule)}, "
-                f"{len(self.steps)} records, NFE {self.nfe}, seed {s.seed}, {s.width}x{s.height})")
-
-
 def native_size(lab) -> int:
     pipe = lab.pipe
     return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
 
-def validate(lab, settings: Settings, *, catalog: bool = True) -> Settings:
-    """Check everything before any work; fill in the seed and size. Errors say what to do."""
+@dataclass(frozen=True)
+class Prepared:
+    """Settings checked and completed for one model, with what their names resolved to."""
+
+    settings: Settings  # complete: seed, size, the catalog's sampler name and the concrete schedule
+    requested: Settings  # as the user gave them
+    sampler: catalog.Sampler | None  # the catalog entry (None for a scheduler that matches none)
+    scheduler: Any = None  # a scheduler object the user gave (used as it is, a copy per run)
+
+
+def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
+    """Check everything before any work, fill in the seed and the size, and resolve the sampler and
+    schedule names (once). Errors say what to do. ``scheduler``: a diffusers scheduler to use instead of
+    the catalog's; it is recorded in ``settings.scheduler_config`` so that a saved run reproduces."""
+    if isinstance(settings, Prepared):
+        return settings
     s = settings
     if not isinstance(s.prompt, str) or not isinstance(s.negative_prompt, str):
         raise TypeError("prompt and negative_prompt must be strings.")
@@ -197,9 +94,59 @@ def validate(lab, settings: Settings, *, catalog: bool = True) -> Settings:
         seed = secrets.randbelow(2 ** 32)
     elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 63:
         raise ValueError(f"seed must be a whole number from 0 to 2**63-1 (or None for a random one), not {seed!r}.")
-    if catalog:
-        resolve(s.sampler, s.schedule)  # unknown names and impossible combinations raise here
-    return replace(s, width=int(width), height=int(height), seed=int(seed))
+    done = replace(s, width=int(width), height=int(height), seed=int(seed))
+    if scheduler is not None or s.scheduler_config is not None:
+        scheduler = copy.deepcopy(scheduler) if scheduler is not None else _scheduler_from_config(s.scheduler_config)
+        config = {k: _jsonable(v) for k, v in scheduler.config.items()}
+        config["_class_name"] = _diffusers_class(scheduler).__name__
+        try:  # name the catalog entry of its class, so the settings stay valid everywhere
+            spec, _ = catalog.parse_sampler(config["_class_name"])
+        except ValueError:
+            spec = None
+        done = replace(done, sampler=spec.name if spec else config["_class_name"], schedule=S.AUTOMATIC,
+                       scheduler_config=config)
+        return Prepared(settings=done, requested=s, sampler=spec, scheduler=scheduler)
+    spec, concrete = catalog.resolve(s.sampler, s.schedule)  # the one name resolution of a run
+    return Prepared(settings=replace(done, sampler=spec.name, schedule=concrete), requested=s, sampler=spec)
+
+
+def prepare_settings(lab, settings: Settings) -> Settings:
+    """The settings a run of these would use: checked, seed and size filled in, names resolved."""
+    return prepare(lab, settings).settings
+
+
+validate = prepare_settings  # the name it had first (it also completes the settings)
+
+
+def _diffusers_class(scheduler) -> type:
+    """The diffusers class of a scheduler (sdlab's explicit-sigma subclasses report their base)."""
+    import diffusers
+
+    for cls in type(scheduler).__mro__:
+        if getattr(diffusers, cls.__name__, None) is cls:
+            return cls
+    return type(scheduler)
+
+
+def _scheduler_from_config(config: dict):
+    import diffusers
+    from diffusers import SchedulerMixin
+
+    name = config.get("_class_name")
+    cls = getattr(diffusers, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise ValueError(f"scheduler_config names {name!r}, which is not a diffusers scheduler class.")
+    return cls.from_config(config)
+
+
+def scheduler_for(lab, prepared: Prepared):
+    """The scheduler a prepared run uses: the catalog's, built from the model's own config without
+    looking any name up again, or a copy of the user's own."""
+    if prepared.scheduler is not None:
+        return copy.deepcopy(prepared.scheduler)
+    s = prepared.settings
+    return catalog.build_scheduler(lab.default_scheduler.config, prepared.sampler, s.schedule, family=lab.family,
+                                   **s.schedule_params)
 
 
 def pipe_kwargs(lab, settings: Settings) -> dict:
@@ -214,7 +161,7 @@ def pipe_kwargs(lab, settings: Settings) -> dict:
 
 
 def initial_noise(lab, settings: Settings) -> torch.Tensor:
-    """The unit noise a run of these (validated) settings starts from, drawn as the pipeline's
+    """The unit noise a run of these (prepared) settings starts from, drawn as the pipeline's
     prepare_latents draws it (before it is scaled by the scheduler's init_noise_sigma)."""
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -224,8 +171,24 @@ def initial_noise(lab, settings: Settings) -> torch.Tensor:
     return randn_tensor(shape, generator=lab.generator(settings.seed), device=lab.device, dtype=pipe.text_encoder.dtype)
 
 
-def scheduler_for(lab, settings: Settings):
-    return make_scheduler(lab, settings.sampler, settings.schedule, **settings.schedule_params)
+def check_options(options: RunOptions) -> RunOptions:
+    if options.preview is not None and options.preview not in DECODERS:
+        raise ValueError(f"Unknown preview decoder {options.preview!r}; choose one of {', '.join(DECODERS)} (or None).")
+    if options.preview_target not in TARGETS:
+        raise ValueError(f"Unknown preview target {options.preview_target!r}; choose 'x0' (predicted clean image) or 'xt'.")
+    return options
+
+
+def make_previewer(lab, options: RunOptions) -> Previewer | None:
+    if options.preview is None:
+        return None
+    vae = None
+    if options.preview == "vae":
+        vae = lab.pipe.vae
+    elif options.preview == "taesd":
+        vae = load_taesd(lab.family, options.taesd, device=lab.device, dtype=lab.dtype)
+    return Previewer(decoder=options.preview, target=options.preview_target, family=lab.family, vae=vae,
+                     channels=options.preview_channels)
 
 
 class _Host:
@@ -246,6 +209,37 @@ class _Host:
         return t.to(self.dtype, copy=True)
 
 
+class _Clock:
+    """Wall time of each UNet call without a host-device sync per call: CUDA events on a GPU (read once,
+    at the end of the run), perf_counter elsewhere. ``mark()`` at the first call and after every call."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    @property
+    def started(self) -> bool:
+        return bool(self.marks)
+
+    def mark(self) -> float:
+        """Record a mark; the seconds since the previous one (NaN on CUDA until ``finish``)."""
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.marks.append(ev)
+            return float("nan")
+        now = time.perf_counter()
+        self.marks.append(now)
+        return now - self.marks[-2] if len(self.marks) > 1 else 0.0
+
+    def finish(self) -> list[float] | None:
+        """Seconds between consecutive marks, for CUDA (one sync); None elsewhere (already known)."""
+        if not self.cuda or len(self.marks) < 2:
+            return None
+        torch.cuda.synchronize()
+        return [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:])]
+
+
 def _x0_from_output(scheduler, model_output, sample, timestep, prediction_type: str) -> torch.Tensor:
     """x0 from the (CFG-combined) model output, for schedulers whose step() does not return it.
 
@@ -255,7 +249,8 @@ def _x0_from_output(scheduler, model_output, sample, timestep, prediction_type: 
     index = None if index is None else index - 1
     if sigmas is not None and index is not None and 0 <= index < len(sigmas):
         s = float(sigmas[index])  # VE sigma -> VP alpha, sigma
-        alpha, sigma_vp = 1 / math.sqrt(1 + s * s), s / math.sqrt(1 + s * s)
+        alpha = float(S.vp_scale(s))
+        sigma_vp = s * alpha
     else:
         t = int(round(float(timestep)))
         ab = float(scheduler.alphas_cumprod[min(max(t, 0), len(scheduler.alphas_cumprod) - 1)])
@@ -269,24 +264,20 @@ def _x0_from_output(scheduler, model_output, sample, timestep, prediction_type: 
 
 
 class _Tap:
-    """The three read-only taps on one run of the pipeline."""
+    """The read-only taps on one run of the pipeline: hooks, records, previews."""
 
-    def __init__(self, lab, settings: Settings, run: Run, scheduler, previewer: Previewer | None,
-                 on_step: Callable[[StepEvent], Any] | None, stop: threading.Event, record: bool,
-                 record_dtype: torch.dtype = torch.float16):
-        self.lab, self.settings, self.run, self.scheduler = lab, settings, run, scheduler
-        self.previewer, self.on_step, self.stop, self.record = previewer, on_step, stop, record
-        self.host = _Host(lab.device, record_dtype)
-        self.nfe = 0
+    def __init__(self, lab, run: Run, scheduler, options: RunOptions, previewer: Previewer | None,
+                 stop: threading.Event):
+        self.lab, self.run, self.scheduler, self.options = lab, run, scheduler, options
+        self.previewer, self.stop = previewer, stop
+        self.host = _Host(lab.device, options.record_dtype)
+        self.clock = _Clock(lab.device)
         self.noise: tuple | None = None
         self.x0: torch.Tensor | None = None
         self.last_latents: torch.Tensor | None = None
-        self.cfg_on = settings.cfg > 1 and lab.pipe.unet.config.get("time_cond_proj_dim") is None
+        self.cfg_on = guidance_applies(lab.pipe, run.settings.cfg)
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
-        self.ve = is_variance_exploding(scheduler)
-        self.levels = list(run.plan.sigmas)
-        self.cuda_events: list = []
-        self.t_last = None
+        self.wants_x0 = options.record or (previewer is not None and previewer.target == "x0")
         self._handles: list = []
 
     # -- installation -------------------------------------------------------------------------
@@ -300,8 +291,7 @@ class _Tap:
         def step(model_output, timestep, sample, *args, return_dict=True, **kwargs):
             out = original(tap.scheduler, model_output, timestep, sample, *args, return_dict=True, **kwargs)
             x0 = getattr(out, "pred_original_sample", None)
-            wants_x0 = tap.record or (tap.previewer is not None and tap.previewer.target == "x0")
-            if x0 is None and wants_x0:
+            if x0 is None and tap.wants_x0:
                 x0 = _x0_from_output(tap.scheduler, model_output, sample, timestep, tap.prediction_type)
             tap.x0 = x0
             return out if return_dict else out.to_tuple()
@@ -317,10 +307,13 @@ class _Tap:
         self.scheduler.__dict__.pop("step", None)
 
     # -- taps ----------------------------------------------------------------------------------
+    def _first_unet_call(self, module, args):
+        if not self.clock.started:
+            self.clock.mark()
+
     def _unet_hook(self, module, args, output):
-        self.nfe += 1
         pred = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
-        if self.record:
+        if self.options.record:
             if self.cfg_on:
                 uncond, cond = pred.chunk(2)
                 self.noise = (self.host(uncond), self.host(cond))
@@ -330,132 +323,104 @@ class _Tap:
     def callback(self, pipe, i, t, kwargs):
         latents = kwargs["latents"]
         self.last_latents = latents
-        sched = self.scheduler
-        index = getattr(sched, "step_index", None)
-        sig = getattr(sched, "sigmas", None)
-        sigma = float(sig[index]) if sig is not None and index is not None and index < len(sig) else None
-        step = self._user_step(i)
-        now = time.perf_counter()
-        if self.lab.device.type == "cuda":
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            self.cuda_events.append(ev)
-            seconds = float("nan")  # filled in from the events when the run ends
-        else:
-            seconds = now - (self.t_last or now)
-        self.t_last = now
-        if sigma is None and step <= len(self.levels) - 1:
-            sigma = float(self.levels[step])
+        run, plan, record = self.run, self.run.plan, self.options.record
+        seconds = self.clock.mark()
+        sigma = float(plan.sigma_after_call[i]) if i < plan.nfe else float("nan")
+        sigma = None if math.isnan(sigma) else sigma
         noise = self.noise or (None, None)
         # the timestep from the host-side plan: float(t) of a CUDA tensor would be a sync per step
-        ts = self.run.plan.timesteps
-        timestep = float(ts[i]) if i < len(ts) else float(t)
-        rec = StepRecord(index=i, step=step, steps=self.settings.steps, timestep=timestep, sigma=sigma, nfe=self.nfe,
-                         latents=self.host(latents) if self.record else None,
-                         x0=self.host(self.x0) if self.record else None,
+        timestep = float(plan.timesteps[i]) if i < plan.nfe else float(t)
+        rec = StepRecord(index=i, step=int(plan.step_of_call[min(i, plan.nfe - 1)]), total_steps=run.settings.steps,
+                         timestep=timestep, sigma=sigma, nfe=i + 1,
+                         latents=self.host(latents) if record else None, x0=self.host(self.x0) if record else None,
                          noise_uncond=noise[0], noise_cond=noise[1], seconds=seconds,
-                         xt_scale=float(S.vp_scale(sigma)) if self.ve and sigma is not None else 1.0)
-        self.run.steps.append(rec)
+                         xt_scale=float(S.vp_scale(sigma)) if plan.variance_exploding and sigma is not None else 1.0)
+        run.records.append(rec)
         preview = channels = None
         if self.previewer is not None:
-            last = i == len(sched.timesteps) - 1
-            src = self.x0 if self.previewer.target == "x0" and self.x0 is not None else latents * rec.xt_scale
-            preview = self.previewer(src, last_step=last)
+            src = record_tensor(self.previewer.target, self.x0, latents, rec.xt_scale)
+            if src is None:  # no x0 from this scheduler at this call: show the sample
+                src = record_tensor("xt", None, latents, rec.xt_scale)
+            preview = self.previewer(src, last_step=i == plan.nfe - 1)
             if preview is not None:
-                self.run.preview = preview
+                run.preview = preview
                 if self.previewer.channels:
                     channels = latent_channels(src)
-        if self.on_step is not None:
-            self.on_step(StepEvent(self.run, rec, preview, channels))
+        if self.options.on_step is not None:
+            self.options.on_step(StepEvent(run, rec, preview, channels))
         if self.stop.is_set():
             pipe._interrupt = True  # diffusers skips the remaining iterations, then decodes (PR 5867)
         return {}
 
-    def _user_step(self, i: int) -> int:
-        """The user's step (1..N) that loop iteration i belongs to."""
-        n, calls = self.settings.steps, len(self.scheduler.timesteps)
-        if getattr(self.scheduler, "order", 1) == 2:  # Heun / DPM2: two iterations per step, one for the last
-            return min(i // 2 + 1, n)
-        return max(1, n - (calls - 1 - i))  # PLMS's extra warm-up iteration belongs to step 1
-
-    def _first_unet_call(self, module, args):
-        if self.t_last is None:
-            self.t_last = time.perf_counter()
-            if self.lab.device.type == "cuda":
-                ev = torch.cuda.Event(enable_timing=True)
-                ev.record()
-                self.cuda_events.append(ev)
-
     def finish(self):
         """Step times from the CUDA events (one sync, at the end of the run)."""
-        if self.cuda_events:
-            torch.cuda.synchronize()
-            for rec, (a, b) in zip(self.run.steps, zip(self.cuda_events, self.cuda_events[1:])):
-                rec.seconds = a.elapsed_time(b) / 1000
+        times = self.clock.finish()
+        if times is not None:
+            for rec, seconds in zip(self.run.records, times):
+                rec.seconds = seconds
 
 
-def generate(lab, prompt: str | Settings | None = None, *, preview: str | None = None, preview_target: str = "x0",
-             preview_channels: bool = False, on_step: Callable[[StepEvent], Any] | None = None, record: bool = True,
-             record_dtype: torch.dtype = torch.float16, stop: threading.Event | None = None, taesd=None, scheduler=None,
-             _started: Callable[[Run], Any] | None = None, **kwargs) -> Run:
-    """Run the pipeline, recording every step. See :class:`Settings` for the arguments; diffusers' names
-    (guidance_scale, num_inference_steps, num_images_per_prompt) are accepted too.
+def generate(lab, prompt: str | Settings | Prepared | None = None, *, stop: threading.Event | None = None,
+             scheduler=None, _started: Callable[[Run], Any] | None = None, **kwargs) -> Run:
+    """Run the pipeline, recording every step. The arguments are :class:`~sdlab.settings.Settings`
+    fields (diffusers' names guidance_scale, num_inference_steps, num_images_per_prompt work too) and
+    :class:`~sdlab.settings.RunOptions` fields:
 
     preview: None, "approx", "taesd" or "vae"; preview_target "x0" (predicted clean image) or "xt";
       preview_channels: also hand on_step the 4 latent channels of each previewed step.
-    record_dtype: the dtype of the recorded tensors (float16 keeps them small; float32 for measurements).
+    record / record_dtype: keep the per-call tensors, and in which dtype (float16 by default).
     scheduler: a diffusers scheduler to use as it is (a copy of it), instead of the catalog's sampler and
-      schedule: for experiments such as DDIM with a bad config. The run records it as "custom <class>".
-    on_step: called with a StepEvent after every step (in the thread that runs the pipeline). On CUDA the
-      record tensors are copied asynchronously and complete when the run ends; during the run read
+      schedule: for experiments such as DDIM with a bad config. Its class and config go into the run's
+      settings (``scheduler_config``), so a saved PNG reproduces the run.
+    on_step: called with a StepEvent after every UNet call (in the thread that runs the pipeline). On CUDA
+      the record tensors are copied asynchronously and complete when the run ends; during the run read
       ``event.preview``, which is already on the host.
     """
-    settings, options = _settings_and_options(prompt, kwargs)
-    if options:
-        raise TypeError(f"Unknown argument(s) {sorted(options)}. Settings: {', '.join(sorted(_SETTING_NAMES))}; "
-                        "options: preview, preview_target, preview_channels, on_step, record, record_dtype, stop, taesd, "
-                        "scheduler.")
-    if scheduler is not None:
-        settings = validate(lab, replace(settings, sampler=f"custom {type(scheduler).__name__}", schedule="custom"),
-                            catalog=False)
-        scheduler = copy.deepcopy(scheduler)
-    else:
-        settings = validate(lab, settings)
-        scheduler = scheduler_for(lab, settings)
-    previewer = None
-    if preview is not None:
-        vae = None
-        if preview == "vae":
-            vae = lab.pipe.vae
-        elif preview == "taesd":
-            vae = load_taesd(lab.family, taesd, device=lab.device, dtype=lab.dtype)
-        previewer = Previewer(decoder=preview, target=preview_target, family=lab.family, vae=vae,
-                              channels=preview_channels)
+    prepared, options = _parse(lab, prompt, kwargs, scheduler)
+    return _run(lab, prepared, options, make_previewer(lab, options), stop or threading.Event(), _started)
+
+
+def _parse(lab, prompt, kwargs: dict, scheduler) -> tuple[Prepared, RunOptions]:
+    """generate()'s arguments as a prepared run and its options; everything checked, nothing started."""
+    settings, options, rest = split_kwargs(None if isinstance(prompt, Prepared) else prompt, kwargs)
+    if isinstance(prompt, Prepared) and (set(kwargs) - set(rest) - OPTION_NAMES or scheduler is not None):
+        raise TypeError("A prepared run's settings are fixed; prepare new settings to change them.")
+    _refuse_unknown(rest)
+    check_options(options)
+    return prepare(lab, prompt if isinstance(prompt, Prepared) else settings, scheduler=scheduler), options
+
+
+def _refuse_unknown(rest: dict) -> None:
+    if rest:
+        raise TypeError(f"Unknown argument(s) {sorted(rest)}. Settings: {', '.join(sorted(SETTING_NAMES))} "
+                        f"(aliases: {', '.join(sorted(ALIASES))}); options: {', '.join(sorted(OPTION_NAMES))}, "
+                        "scheduler, stop.")
+
+
+def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | None, stop: threading.Event,
+         started: Callable[[Run], Any] | None = None) -> Run:
+    settings = prepared.settings
     if not lab._lock.acquire(blocking=False):
         raise BusyError("A run is already going on this model. Stop it (job.stop()) or wait for it "
                         "(job.wait()) before starting another; runs on one pipeline are not queued.")
     try:
-        if settings.schedule == "custom":
-            sampler_name, concrete = settings.sampler, "custom"
-        else:
-            spec, concrete = resolve(settings.sampler, settings.schedule)
-            sampler_name = spec.name
-        report = {"sampler": sampler_name, "schedule": concrete, "class": type(scheduler).__name__,
+        scheduler = scheduler_for(lab, prepared)
+        report = {"sampler": settings.sampler, "schedule": "custom" if prepared.scheduler is not None else settings.schedule,
+                  "class": type(scheduler).__name__,
                   "changes": {k: [_jsonable(a), _jsonable(b)] for k, (a, b) in
-                              effective_config(scheduler, lab.default_scheduler).items()}}
+                              catalog.config_changes(scheduler, lab.default_scheduler).items()}}
         run = Run(settings=settings, model=lab.source, family=lab.family, device=str(lab.device),
-                  dtype=str(lab.dtype).removeprefix("torch."), plan=plan(scheduler, settings.steps),
-                  scheduler_report=report)
+                  dtype=str(lab.dtype).removeprefix("torch."), plan=catalog.plan(scheduler, settings.steps),
+                  scheduler_report=report, requested=prepared.requested)
         for problem in prompt_problems(lab, settings.prompt, settings.negative_prompt):
             run.problems.append(problem)
-            notice(f"sdlab: {problem}", stacklevel=3)
-        if _started is not None:
-            _started(run)
-        stop = stop or threading.Event()
+            notice(f"sdlab: {problem}", stacklevel=4)
+        if started is not None:
+            started(run)
         pipe = lab.pipe
         pipe.scheduler = scheduler
         t0 = time.perf_counter()
-        tap = _Tap(lab, settings, run, scheduler, previewer, on_step, stop, record, record_dtype)
+        tap = _Tap(lab, run, scheduler, options, previewer, stop)
         try:
             with tap, torch.inference_mode():
                 out = pipe(**pipe_kwargs(lab, settings), output_type="np", callback_on_step_end=tap.callback,
@@ -474,7 +439,7 @@ def generate(lab, prompt: str | Settings | None = None, *, preview: str | None =
         finally:
             pipe._interrupt = False
         tap.finish()
-        run.stopped = stop.is_set() and len(run.steps) < len(scheduler.timesteps)
+        run.stopped = stop.is_set() and len(run.records) < run.plan.nfe
         run.final_latents = tap.last_latents.detach().float().cpu() if tap.last_latents is not None else None
         images = out.images
         with np.errstate(invalid="ignore"):  # NaN pixels (VAE overflow) are reported below, by _check_finite
@@ -513,7 +478,8 @@ class Job:
     """A run in a worker thread. ``stop()`` ends it within one step; ``wait()`` returns the run or
     re-raises the worker's exception; ``run`` is the run so far."""
 
-    def __init__(self, lab, settings: Settings, on_done: Callable[["Job"], Any] | None = None, **options):
+    def __init__(self, lab, prepared: Prepared, options: RunOptions = RunOptions(), previewer: Previewer | None = None,
+                 on_done: Callable[["Job"], Any] | None = None):
         self._on_done = on_done
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -521,16 +487,16 @@ class Job:
         self._result: Run | None = None
         self._error: BaseException | None = None
         self._started = threading.Event()
-        self.thread = threading.Thread(target=self._work, args=(lab, settings, options), daemon=True,
+        self.thread = threading.Thread(target=self._work, args=(lab, prepared, options, previewer), daemon=True,
                                        name="sdlab-generate")
 
-    def _work(self, lab, settings, options):
+    def _work(self, lab, prepared, options, previewer):
         def started(run):
             self._run = run
             self._started.set()
 
         try:
-            self._result = generate(lab, settings, stop=self._stop, _started=started, **options)
+            self._result = _run(lab, prepared, options, previewer, self._stop, started)
         except BaseException as exc:  # handed to wait(); never lost
             self._error = exc
         finally:
@@ -570,31 +536,19 @@ class Job:
         return f"Job({state}, {self.run!r})"
 
 
-def _settings_and_options(prompt, kwargs: dict) -> tuple[Settings, dict]:
-    """Split generate()'s keyword arguments into the Settings and the run options."""
-    chosen = {k: v for k, v in kwargs.items() if ALIASES.get(k, k) in _SETTING_NAMES}
-    options = {k: v for k, v in kwargs.items() if k not in chosen}
-    if isinstance(prompt, Settings):
-        return prompt.updated(**chosen), options
-    return Settings.from_kwargs(**({} if prompt is None else {"prompt": prompt}), **chosen), options
-
-
-def generate_async(lab, prompt: str | Settings | None = None, **kwargs) -> Job:
+def generate_async(lab, prompt: str | Settings | Prepared | None = None, *, scheduler=None, on_done=None,
+                   **kwargs) -> Job:
     """Start :func:`generate` in a worker thread and return its :class:`Job` at once. ``on_done(job)`` is
     called in the worker when the run has ended (done, stopped or failed).
 
-    Bad settings, and a second run on a model whose run is still going (BusyError), raise here, in the
-    caller's thread, before any thread starts. Runs are refused, not queued."""
-    on_done = kwargs.pop("on_done", None)
-    settings, options = _settings_and_options(prompt, kwargs)
-    settings = validate(lab, settings)
+    Bad settings and options, and a second run on a model whose run is still going (BusyError), raise
+    here, in the caller's thread, before any thread starts. Runs are refused, not queued."""
+    prepared, options = _parse(lab, prompt, kwargs, scheduler)
+    previewer = make_previewer(lab, options)
     if lab._lock.locked():
         raise BusyError("A run is already going on this model. Stop it (job.stop()) or wait for it "
                         "(job.wait()) before starting another; runs on one pipeline are not queued.")
-    job = Job(lab, settings, on_done=on_done, **options)
+    job = Job(lab, prepared, options, previewer, on_done=on_done)
     job.start()
     job._started.wait()
     return job
-
-
-_SETTING_NAMES = {f.name for f in fields(Settings)}

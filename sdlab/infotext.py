@@ -1,20 +1,22 @@
 """Reproducible images: A1111-style infotext in PNGs, and reading settings back from PNGs or infotext.
 
-A saved PNG carries two text chunks: ``parameters``, the A1111 infotext (REFERENCE section 6) that A1111,
-ComfyUI and image sites read, and ``sdlab``, the full settings as JSON (model and family, sampler,
-schedule, effective scheduler config, seed, device, dtype, size, package versions).
+A saved PNG carries two text chunks: ``parameters``, the A1111 infotext that A1111, ComfyUI and image sites
+read (written as A1111's modules/infotext_utils.py and processing.py write it: prompt, "Negative prompt:",
+then "Key: value" pairs), and ``sdlab``, the full settings as JSON (model and family, sampler, schedule,
+the scheduler's config changes, seed, device, dtype, size, package versions).
+
+A run is read duck-typed (its settings, report and records), so this module needs nothing from generation.
 """
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from . import noise_schedules as S
-from .generation import Run, Settings
 from .sampler_catalog import parse_sampler
+from .settings import SETTING_NAMES, Settings
 
 SDLAB_CHUNK = "sdlab"
 A1111_CHUNK = "parameters"
@@ -30,25 +32,21 @@ def _quote(value: Any) -> str:
     return text
 
 
-def _a1111_schedule(name: str) -> str:
-    st = S.SCHEDULES.get(name)
-    return st.a1111 if st is not None and st.a1111 else name
-
-
-def format_infotext(run: Run) -> str:
+def format_infotext(run) -> str:
     s = run.settings
-    schedule = run.scheduler_report.get("schedule", s.schedule)
-    params = {"Steps": s.steps, "Sampler": run.scheduler_report.get("sampler", s.sampler),
-              "Schedule type": _a1111_schedule(schedule), "CFG scale": f"{s.cfg:g}", "Seed": s.seed,
-              "Size": f"{s.width}x{s.height}", "Model": Path(run.model).stem if run.model else None}
+    params = {"Steps": s.steps, "Sampler": s.sampler, "Schedule type": S.schedule_label(s.schedule),
+              "CFG scale": f"{s.cfg:g}", "Seed": s.seed, "Size": f"{s.width}x{s.height}",
+              "Model": Path(run.model).stem if run.model else None}
     if s.batch_size > 1:
         params["Batch size"] = s.batch_size
     if s.eta is not None:
         params["Eta"] = s.eta
     for key, value in s.schedule_params.items():
         params[f"Schedule {key}"] = value
+    if s.scheduler_config is not None:  # not the catalog's: say so; the sdlab chunk holds the whole config
+        params["Custom scheduler"] = s.scheduler_config.get("_class_name")
     if run.stopped:
-        params["Stopped at step"] = run.steps[-1].step if run.steps else 0
+        params["Stopped at step"] = run.records[-1].step if run.records else 0
     params["Version"] = f"sdlab {_version()}"
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
     text = s.prompt
@@ -58,12 +56,15 @@ def format_infotext(run: Run) -> str:
 
 
 def _version() -> str:
-    from . import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("sdlab")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
-def settings_json(run: Run) -> dict:
+def settings_json(run) -> dict:
     import diffusers
     import torch
     import transformers
@@ -72,13 +73,13 @@ def settings_json(run: Run) -> dict:
         "settings": run.settings.to_dict(),
         "model": run.model, "family": run.family, "device": run.device, "dtype": run.dtype,
         "scheduler": run.scheduler_report, "stopped": run.stopped,
-        "nfe": run.nfe, "steps_recorded": len(run.steps),
+        "nfe": run.nfe, "steps_recorded": len(run.records),
         "versions": {"sdlab": _version(), "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "torch": torch.__version__},
     }
 
 
-def save_png(run: Run, path, *, index: int = 0) -> Path:
+def save_png(run, path, *, index: int = 0) -> Path:
     """Write image ``index`` of the run as a PNG with infotext and sdlab JSON; returns the path."""
     from PIL.PngImagePlugin import PngInfo
 
@@ -103,8 +104,7 @@ def read_settings(source) -> Settings:
     text, data = _texts(source)
     if data is not None:
         raw = json.loads(data)["settings"]
-        known = {f.name for f in fields(Settings)}
-        return Settings(**{k: v for k, v in raw.items() if k in known})
+        return Settings(**{k: v for k, v in raw.items() if k in SETTING_NAMES})
     if text is None:
         raise ValueError("No generation settings found: the image has neither sdlab's nor A1111's 'parameters' text.")
     return parse_infotext(text)

@@ -75,6 +75,25 @@ class TrainingSchedule:
         return cls(alphas_cumprod.astype(np.float64))
 
     @classmethod
+    def of(cls, source=None) -> "TrainingSchedule":
+        """The training schedule of ``source``: a lab (its model's own scheduler config), a diffusers
+        scheduler (its alphas_cumprod), a scheduler config (a mapping), a TrainingSchedule, or None
+        (Stable Diffusion's). Recognised by what they have, so nothing here imports a model."""
+        if source is None:
+            return cls.stable_diffusion()
+        if isinstance(source, TrainingSchedule):
+            return source
+        if hasattr(source, "default_scheduler"):  # an sdlab Lab
+            return cls.from_config(source.default_scheduler.config)
+        if hasattr(source, "alphas_cumprod"):  # a diffusers scheduler
+            ab = source.alphas_cumprod
+            return cls(np.asarray(ab.double().cpu().numpy() if hasattr(ab, "double") else ab, dtype=np.float64))
+        if isinstance(source, Mapping):
+            return cls.from_config(source)
+        raise TypeError(f"A training schedule comes from a lab, a diffusers scheduler, a scheduler config or "
+                        f"None (Stable Diffusion's), not {type(source).__name__}.")
+
+    @classmethod
     def stable_diffusion(cls) -> "TrainingSchedule":
         """SD 1.x / 2.x / SDXL: scaled_linear betas 0.00085 .. 0.012 over 1000 steps."""
         return cls.from_config({"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -87,8 +106,7 @@ class TrainingSchedule:
     @property
     def sigmas(self) -> np.ndarray:
         """sigma for training timesteps 0 .. T-1 (increasing)."""
-        ab = self.alphas_cumprod
-        return np.sqrt((1 - ab) / ab)
+        return sigma_from_alpha_bar(self.alphas_cumprod)
 
     @property
     def sigma_min(self) -> float:
@@ -107,6 +125,12 @@ class TrainingSchedule:
         """Fractional timestep of a sigma, interpolating in log sigma (diffusers' / k-diffusion's sigma_to_t)."""
         log_sigma = np.log(np.maximum(np.asarray(sigma, dtype=np.float64), 1e-10))
         return np.interp(log_sigma, np.log(self.sigmas), np.arange(self.num_train_timesteps, dtype=np.float64))
+
+
+def sigma_from_alpha_bar(ab) -> np.ndarray:
+    """sigma = sqrt((1 - alphabar) / alphabar): the variance-exploding noise level of a training alpha-bar."""
+    ab = np.asarray(ab, dtype=np.float64)
+    return np.sqrt((1 - ab) / ab)
 
 
 def alpha_bar(sigma) -> np.ndarray:
@@ -302,6 +326,15 @@ _LOOKUP: dict[str, str] = {}
 for _s in SCHEDULES.values():
     for _key in (_s.name, *_s.aliases, _s.a1111 or _s.name):
         _LOOKUP[_norm(_key)] = _s.name
+
+
+def schedule_label(name: str) -> str:
+    """How a schedule is shown to people: A1111's label ("Karras", "Align Your Steps"), "Automatic", or the
+    name itself where A1111 has none."""
+    if name == AUTOMATIC:
+        return "Automatic"
+    st = SCHEDULES.get(name)
+    return st.a1111 if st is not None and st.a1111 else name
 
 
 def schedule_names() -> list[str]:

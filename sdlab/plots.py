@@ -15,9 +15,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from . import noise_schedules as S
-from .analysis import Sweep, last_record_per_step, run_stats, schedule_table, steps_per_band
-from .generation import Run
+from .analysis import Sweep, band_labels, last_record_per_step, run_stats, schedule_table, steps_per_band
 from .previews import approx_rgb, vae_rgb
+from .records import Run
 from .sampler_catalog import plan as scheduler_plan
 
 DEFAULT_SCHEDULES = ("uniform", "karras", "exponential", "polyexponential", "sgm_uniform", "kl_optimal",
@@ -62,18 +62,8 @@ def _axes(ax, figsize=(7, 4.2)):
 
 
 def _training(model) -> tuple[S.TrainingSchedule, str]:
-    """A TrainingSchedule and family from a Lab, a scheduler, a TrainingSchedule or None (SD's)."""
-    from .models import Lab
-
-    if model is None:
-        return S.TrainingSchedule.stable_diffusion(), "sd1"
-    if isinstance(model, S.TrainingSchedule):
-        return model, "sd1"
-    if isinstance(model, Lab):
-        return S.TrainingSchedule.from_config(model.default_scheduler.config), model.family
-    if hasattr(model, "alphas_cumprod"):
-        return S.TrainingSchedule(model.alphas_cumprod.double().numpy()), "sd1"
-    return S.TrainingSchedule.from_config(model), "sd1"
+    """The training schedule (``TrainingSchedule.of``) and the family (a lab's, else SD 1.x's) to plot with."""
+    return S.TrainingSchedule.of(model), getattr(model, "family", "sd1")
 
 
 def _y(values: np.ndarray, y: str, training: S.TrainingSchedule) -> np.ndarray:
@@ -108,7 +98,7 @@ def plot_schedules(names: Sequence[str] = DEFAULT_SCHEDULES, n: int = 20, model=
     for name, sig in table.items():
         values = sig if keep_final else sig[:-1]
         xs = np.arange(len(values)) if x == "step" else np.arange(len(values)) / n
-        label = S.SCHEDULES[name].a1111 or name
+        label = S.schedule_label(name)
         (lines[name],) = ax.plot(xs, _y(values, y, training), marker=".", label=label)
     ax.set_xlabel("step" if x == "step" else "normalised time (step / n)")
     ax.set_ylabel(_Y_LABEL[y])
@@ -132,11 +122,10 @@ def plot_plan(scheduler, n: int, *, formula: bool = True, model=None, y: str = "
     (artists["scheduler"],) = ax.plot(np.arange(len(keep)), _y(keep, y, training), "o", label=name)
     schedule = getattr(scheduler, "sdlab_schedule", None)
     if formula and schedule in S.SCHEDULES:
-        st = S.SCHEDULES[schedule]
         sig = S.sigmas(schedule, n, model=training, family=family, **getattr(scheduler, "sdlab_schedule_params", {}))
         keep_f = sig if y == "sigma" else sig[:-1]
         (artists["formula"],) = ax.plot(np.arange(len(keep_f)), _y(keep_f, y, training), "-",
-                                        label=f"{st.a1111 or schedule} formula")
+                                        label=f"{S.schedule_label(schedule)} formula")
     ax.set_xlabel("step")
     ax.set_ylabel(_Y_LABEL[y])
     ax.set_title(f"{n} steps, {p.nfe} UNet calls")
@@ -149,13 +138,13 @@ def plot_step_allocation(names: Sequence[str] = DEFAULT_SCHEDULES, n: int = 20, 
     """How many of n steps each schedule spends at high noise (composition) and at low noise (detail)."""
     training, family = _training(model)
     table = schedule_table(names, n, training, family)
-    bands = ["sigma > 5", "1 - 5", "0.2 - 1", "< 0.2"]
+    bands = band_labels()
     fig, ax = _axes(ax, figsize=(8, 4))
     width = 0.8 / len(table)
     bars = {}
     for k, (name, sig) in enumerate(table.items()):
         counts = steps_per_band(sig)
-        bars[name] = ax.bar(np.arange(len(bands)) + k * width, counts, width, label=S.SCHEDULES[name].a1111 or name)
+        bars[name] = ax.bar(np.arange(len(bands)) + k * width, counts, width, label=S.schedule_label(name))
     ax.set_xticks(np.arange(len(bands)) + 0.4 - width / 2, bands)
     ax.set_ylabel(f"steps (of {n}) starting in the band")
     ax.legend(fontsize="small", ncols=2)
@@ -188,10 +177,7 @@ def plot_run(run: Run, axes=None) -> Drawn:
 
 
 def _decode(record, target: str, family: str, vae=None) -> np.ndarray:
-    t = record.x0 if target == "x0" else record.latents
-    if t is None:
-        raise ValueError("The run kept no tensors (record=False): nothing to show per step.")
-    t = t.float() if target == "x0" else t.float() * record.xt_scale
+    t = record.view(target)
     return vae_rgb(vae, t) if vae is not None else approx_rgb(t, family)
 
 
@@ -249,7 +235,7 @@ def xy_plot(result: Sweep, *, cell: float = 2.0, vae=None, target: str = "image"
                 titles[i][j] = "n/a"
             else:
                 img = np.asarray(run.image.convert("RGB")) if target == "image" else \
-                    _decode(run.steps[-1], target, run.family, vae)
+                    _decode(run.records[-1], target, run.family, vae)
                 images[i][j] = ax.imshow(img)
                 rep = run.scheduler_report
                 titles[i][j] = f"{rep['sampler']} / {rep['schedule']}, NFE {run.nfe}"
@@ -269,9 +255,9 @@ def plot_accuracy(result, ax=None) -> Drawn:
     styles = {sch: ("-", "--", ":", "-.")[i % 4] for i, sch in enumerate(dict.fromkeys(sch for _, sch in groups))}
     for (sampler, schedule), rows in groups.items():
         try:
-            label = f"{sampler} / {S.SCHEDULES[schedule].a1111 or schedule} (slope {result.slope(sampler, schedule):.2f})"
+            label = f"{sampler} / {S.schedule_label(schedule)} (slope {result.slope(sampler, schedule):.2f})"
         except ValueError:
-            label = f"{sampler} / {S.SCHEDULES[schedule].a1111 or schedule}"
+            label = f"{sampler} / {S.schedule_label(schedule)}"
         (lines[sampler, schedule],) = ax.loglog([r.nfe for r in rows], [r.error for r in rows], marker="o",
                                                 ls=styles[schedule], color=colours[sampler], label=label)
     ax.set_xlabel("NFE (UNet calls)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 def prompt_problems(lab, prompt: str, negative_prompt: str = "") -> list[str]:
     problems: list[str] = []
     if getattr(lab, "kind", None) == "toy":
-        from .toy import unknown_words, vocabulary
+        from .toy.data import unknown_words, vocabulary
 
         for field, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
             words = unknown_words(text)

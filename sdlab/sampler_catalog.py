@@ -2,7 +2,9 @@
 
 ``make_scheduler(config_or_scheduler, "DPM++ 2M", "karras")`` returns a diffusers scheduler built from
 the model's own scheduler config (training betas, prediction type, ... kept), with the known pitfalls
-set explicitly (REFERENCE section 3) and the schedule type realised the diffusers way:
+set explicitly (DDIM's clip_sample / set_alpha_to_one, diffusers issues 706, 1545 and 6068; DPM-Solver++'s
+final sigma, issue 6295 and PR 6477; lower_order_final on SDXL, issue 5433) and the schedule type realised
+the diffusers way:
 a ``timestep_spacing`` for timestep schedules, a ``use_*_sigmas`` flag where diffusers has one, and
 otherwise explicit sigmas handed to ``set_timesteps`` by a thin subclass (so a plain ``pipe(...)`` call
 follows the schedule too). A schedule a sampler cannot follow raises ValueError; none is ignored.
@@ -33,7 +35,7 @@ class Sampler:
     """One catalog entry."""
 
     name: str  # as A1111 writes it
-    cls: str  # diffusers scheduler class
+    scheduler_class: str  # the diffusers scheduler class's name
     options: Mapping[str, Any] = field(default_factory=dict)
     order: int = 1  # UNet calls per step
     stochastic: bool = False
@@ -42,9 +44,14 @@ class Sampler:
     aliases: tuple[str, ...] = ()
     note: str = ""
 
+    @property
+    def cls(self) -> str:
+        """The diffusers scheduler class's name (an alias of ``scheduler_class``)."""
+        return self.scheduler_class
+
     def supported_schedules(self) -> list[str]:
         """The schedule types this sampler can follow."""
-        cls = _scheduler_class(self.cls)
+        cls = _scheduler_class(self.scheduler_class)
         init = inspect.signature(cls.__init__).parameters
         takes_sigmas = _takes_explicit_sigmas(cls)
         if self.name == "LCM":  # LCM picks timesteps from its own 50-step training grid
@@ -95,8 +102,8 @@ _LOOKUP: dict[str, str] = {}
 for _s in CATALOG.values():
     for _key in (_s.name, *_s.comfy, *_s.aliases):
         _LOOKUP[_norm(_key)] = _s.name
-    _LOOKUP.setdefault(_norm(_s.cls), _s.name)  # a class name picks its first (default-options) entry
-    _LOOKUP.setdefault(_norm(_s.cls.removesuffix("Scheduler")), _s.name)
+    _LOOKUP.setdefault(_norm(_s.scheduler_class), _s.name)  # a class name picks its first (default-options) entry
+    _LOOKUP.setdefault(_norm(_s.scheduler_class.removesuffix("Scheduler")), _s.name)
 
 
 def samplers() -> list[Sampler]:
@@ -137,7 +144,7 @@ def resolve(sampler: str, schedule: str = S.AUTOMATIC) -> tuple[Sampler, str]:
     concrete = spec.default_schedule if name == S.AUTOMATIC else name
     supported = spec.supported_schedules()
     if concrete not in supported:
-        raise ValueError(f"{spec.name} ({spec.cls}) cannot follow the {concrete!r} schedule. "
+        raise ValueError(f"{spec.name} ({spec.scheduler_class}) cannot follow the {concrete!r} schedule. "
                          f"Schedules it supports: {', '.join(supported)}.")
     return spec, concrete
 
@@ -184,12 +191,11 @@ def _with_explicit_sigmas(cls: type) -> type:
 
 
 def _base_config(config_or_scheduler) -> tuple[dict, str | None]:
-    """The config to build from, and the model family when a Lab says it."""
-    from .models import Lab
-
+    """The config to build from, and the model family when a lab says it (a lab is recognised by its
+    ``default_scheduler``, so this module needs nothing from sdlab.models)."""
     family = None
-    if isinstance(config_or_scheduler, Lab):
-        family = config_or_scheduler.family
+    if hasattr(config_or_scheduler, "default_scheduler"):
+        family = getattr(config_or_scheduler, "family", None)
         config_or_scheduler = config_or_scheduler.default_scheduler
     config = getattr(config_or_scheduler, "config", config_or_scheduler)
     if not isinstance(config, Mapping):
@@ -210,18 +216,24 @@ def make_scheduler(config_or_scheduler, sampler: str, schedule: str = S.AUTOMATI
     """
     spec, concrete = resolve(sampler, schedule)
     base, lab_family = _base_config(config_or_scheduler)
-    family = family or lab_family or "sd1"
-    cls = _scheduler_class(spec.cls)
+    return build_scheduler(base, spec, concrete, family=family or lab_family or "sd1", **params)
+
+
+def build_scheduler(base: Mapping, spec: Sampler, concrete: str, *, family: str = "sd1", **params: Any):
+    """``make_scheduler`` for a sampler and schedule already resolved (a catalog entry and a concrete
+    schedule name): nothing is looked up by name again."""
+    base = dict(base)
+    cls = _scheduler_class(spec.scheduler_class)
     init = inspect.signature(cls.__init__).parameters
     st = S.SCHEDULES.get(concrete)
     sched_params = {k: params.pop(k) for k in list(params) if st is not None and k in st.params}
     unknown = [k for k in params if k not in init]
     if unknown:
         valid = sorted(set(init) - {"self", "kwargs"})
-        raise ValueError(f"{spec.cls} has no option(s) {unknown}. Its options: {', '.join(valid)}.")
+        raise ValueError(f"{spec.scheduler_class} has no option(s) {unknown}. Its options: {', '.join(valid)}.")
 
     overrides: dict[str, Any] = dict(spec.options)
-    # Known pitfalls, set explicitly whatever the previous scheduler had (REFERENCE section 3).
+    # Known pitfalls, set explicitly whatever the previous scheduler had (see the module docstring).
     for key, value in {"clip_sample": False, "set_alpha_to_one": False, "final_sigmas_type": "zero",
                        "lower_order_final": True, "euler_at_final": False, "use_flow_sigmas": False,
                        "thresholding": False}.items():
@@ -245,7 +257,7 @@ def make_scheduler(config_or_scheduler, sampler: str, schedule: str = S.AUTOMATI
         else:
             explicit = True
             if not _takes_explicit_sigmas(cls):
-                raise ValueError(f"{spec.name} ({spec.cls}) can follow {concrete!r} only with diffusers' fixed "
+                raise ValueError(f"{spec.name} ({spec.scheduler_class}) can follow {concrete!r} only with diffusers' fixed "
                                  f"parameters {_FLAG_DEFAULTS.get(concrete)}; got {sched_params}.")
     overrides.update(params)
     # Only what this class takes: from_config would log every foreign key of the model's old scheduler.
@@ -259,15 +271,15 @@ def make_scheduler(config_or_scheduler, sampler: str, schedule: str = S.AUTOMATI
     scheduler.sdlab_schedule = concrete
     scheduler.sdlab_schedule_params = dict(sched_params)
     if explicit:
-        training = S.TrainingSchedule(scheduler.alphas_cumprod.double().numpy())
+        training = S.TrainingSchedule.of(scheduler)
         scheduler.sdlab_sigmas = lambda n: S.sigmas(concrete, n, model=training, family=family, **sched_params)
     return scheduler
 
 
-def effective_config(scheduler, reference=None) -> dict[str, tuple[Any, Any]]:
+def config_changes(scheduler, reference=None) -> dict[str, tuple[Any, Any]]:
     """What differs between ``scheduler`` and ``reference``, a scheduler or a config (normally the model's
-    own, ``lab.default_scheduler``). Keys the reference lacks are compared with the scheduler class's
-    defaults. Returns {key: (reference value, effective value)}."""
+    own, ``lab.default_scheduler``): {key: (reference value, value in use)}. Keys the reference lacks are
+    compared with the scheduler class's defaults."""
     ref = dict(getattr(reference, "config", reference) or {})
     ref_cls = type(reference).__name__ if hasattr(reference, "config") else ref.get("_class_name")
     out: dict[str, tuple[Any, Any]] = {}
@@ -292,8 +304,11 @@ def describe(scheduler, reference=None) -> str:
     """A short report: sampler, schedule, and every setting that differs from the reference config."""
     head = f"{getattr(scheduler, 'sdlab_sampler', type(scheduler).__name__)}, schedule " \
            f"{getattr(scheduler, 'sdlab_schedule', '?')}: {type(scheduler).__name__}"
-    rows = [f"  {k}: {a!r} -> {b!r}" for k, (a, b) in effective_config(scheduler, reference).items() if k != "class"]
+    rows = [f"  {k}: {a!r} -> {b!r}" for k, (a, b) in config_changes(scheduler, reference).items() if k != "class"]
     return "\n".join([head, *rows]) if rows else head + " (same settings as the model's default)"
+
+
+effective_config = config_changes  # the name it had first (it returns the differences, not the config)
 
 
 @dataclass(frozen=True)
@@ -304,6 +319,10 @@ class Plan:
     sigmas: np.ndarray  # steps + 1 noise levels the sampler moves through, ending with the final one
     timesteps: np.ndarray  # the timesteps the UNet is called at, one per call
     nfe: int  # UNet calls (with CFG each call evaluates the batch twice, counted once as A1111 does)
+    step_of_call: np.ndarray  # per UNet call, the user step (1..steps) it belongs to
+    sigma_after_call: np.ndarray  # per UNet call, the noise level of the sample the scheduler returns
+    init_noise_sigma: float = 1.0  # what the pipeline multiplies the starting noise by
+    variance_exploding: bool = False  # samples are x0 + sigma eps (is_variance_exploding), else VP
 
     @property
     def calls_per_step(self) -> float:
@@ -326,7 +345,16 @@ def plan(scheduler, steps: int) -> Plan:
     else:  # DDIM / PNDM / DDPM / LCM work on timesteps: sigma from alpha-bar at each step
         ab = s.alphas_cumprod.double().numpy()
         ts = np.unique(timesteps.astype(int))[::-1]
-        final = float(np.sqrt((1 - ab[0]) / ab[0])) if s.config.get("set_alpha_to_one") is False \
+        final = float(S.sigma_from_alpha_bar(ab[0])) if s.config.get("set_alpha_to_one") is False \
             and type(s).__name__ in ("DDIMScheduler", "PNDMScheduler") else 0.0
-        levels = np.concatenate([np.sqrt((1 - ab[ts]) / ab[ts]), [final]])
-    return Plan(steps=steps, sigmas=levels, timesteps=timesteps, nfe=len(timesteps))
+        levels = np.concatenate([S.sigma_from_alpha_bar(ab[ts]), [final]])
+    calls = np.arange(len(timesteps))
+    if getattr(s, "order", 1) == 2:  # Heun / DPM2: two calls per step, one for the last
+        step_of_call = np.minimum(calls // 2 + 1, steps)
+    else:  # PLMS's extra warm-up call belongs to step 1
+        step_of_call = np.maximum(1, steps - (len(timesteps) - 1 - calls))
+    # step() moves the scheduler's step_index on by one per call; without sigmas, the level of the step
+    after = np.array([raw[k + 1] if raw is not None and k + 1 < len(raw) else levels[step_of_call[k]] for k in calls])
+    return Plan(steps=steps, sigmas=levels, timesteps=timesteps, nfe=len(timesteps), step_of_call=step_of_call,
+                sigma_after_call=after, init_noise_sigma=float(s.init_noise_sigma),
+                variance_exploding=is_variance_exploding(s))

@@ -27,6 +27,13 @@ def tiny() -> sdlab.Lab:
 
 
 @pytest.fixture
+def lab(tiny) -> sdlab.Lab:
+    """The tiny model with diffusers' progress bars off: what most tests generate with."""
+    tiny.pipe.set_progress_bar_config(disable=True)
+    return tiny
+
+
+@pytest.fixture
 def toy() -> sdlab.Lab:
     """The built-in teaching model (exact denoiser), progress bars off."""
     lab = sdlab.load("toy")

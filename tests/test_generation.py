@@ -16,12 +16,6 @@ from sdlab.sampler_catalog import CATALOG
 PROMPT, NEGATIVE = "a lighthouse at dusk", "blurry"
 
 
-@pytest.fixture
-def lab(tiny):
-    tiny.pipe.set_progress_bar_config(disable=True)
-    return tiny
-
-
 def _plain(lab, sampler, schedule="automatic", steps=4, seed=11, output_type="pil", **extra):
     """What a diffusers user would write by hand, with sdlab's catalog scheduler."""
     lab.pipe.scheduler = sdlab.make_scheduler(lab, sampler, schedule)
@@ -102,9 +96,52 @@ def test_records_are_complete_compact_and_true(lab):
     assert light.steps[0].latents is None and light.record_bytes == 0
 
 
-def test_records_for_512px_50_steps_stay_small():
-    # the documented bound: 4 float16 tensors of 4 x 64 x 64 per step
-    assert 50 * 4 * (4 * 64 * 64) * 2 == 6_553_600  # 6.25 MiB for a whole 50-step run at 512 px
+def test_records_for_512px_50_steps_stay_small(toy):
+    # the figure the README states: a real 50-step run at 512 px with CFG keeps 6.25 MiB of records
+    run = toy.generate("a red circle", sampler="DPM++ 2M", steps=50, seed=1, width=512, height=512, cfg=7.0)
+    assert run.record_bytes == 50 * 4 * (4 * 64 * 64) * 2 == 6.25 * 2 ** 20
+    assert all(t.dtype == torch.float16 for r in run.records for t in (r.latents, r.x0, r.noise_uncond, r.noise_cond))
+
+
+def test_names_are_resolved_once_per_run_and_kept_canonical(lab, monkeypatch):
+    from sdlab import sampler_catalog
+
+    calls = []
+    real = sampler_catalog.resolve
+    monkeypatch.setattr(sampler_catalog, "resolve", lambda *a, **k: calls.append(a) or real(*a, **k))
+    run = lab.generate(PROMPT, sampler="dpmpp_2m", schedule="Automatic", steps=2, seed=1)
+    assert len(calls) == 1
+    assert (run.settings.sampler, run.settings.schedule) == ("DPM++ 2M", "karras")  # the catalog's names
+    assert (run.requested.sampler, run.requested.schedule) == ("dpmpp_2m", "Automatic")  # the user's spelling
+    calls.clear()
+    lab.generate_async(PROMPT, sampler="euler_ancestral", steps=2, seed=1).wait(60)
+    assert len(calls) == 1
+    calls.clear()
+    sdlab.sweep(lab, x="sampler", x_values=["Euler", "DDIM", "Heun"], steps=2)
+    assert len(calls) == 3  # one per cell
+    calls.clear()
+    prepared = sdlab.prepare(lab, sdlab.Settings(sampler="LMS Karras", steps=2, seed=3))
+    again = lab.generate(prepared)
+    assert len(calls) == 1 and again.settings == prepared.settings and again.settings.schedule == "karras"
+    with pytest.raises(TypeError, match="prepared run's settings are fixed"):
+        lab.generate(prepared, steps=5)
+
+
+def test_renamed_names_keep_their_first_names():
+    run_fields = sdlab.Run.__dataclass_fields__
+    assert "records" in run_fields and isinstance(sdlab.Run.steps, property)
+    assert sdlab.StepRecord(0, 1, 4, 999.0, 1.0, 1, None, None, None, None).steps == 4  # total_steps
+    entry = sdlab.samplers()[0]
+    assert entry.cls == entry.scheduler_class == "DPMSolverMultistepScheduler"
+    assert sdlab.effective_config is sdlab.config_changes
+    assert generation.validate is generation.prepare_settings
+
+
+def test_the_clock_times_calls_without_syncing():
+    clock = generation._Clock(torch.device("cpu"))
+    assert not clock.started and clock.mark() == 0.0 and clock.started
+    assert clock.mark() >= 0.0 and clock.finish() is None  # known at once on the CPU
+    assert len(clock.marks) == 2
 
 
 def test_cfg_combination_is_what_the_scheduler_got(lab):

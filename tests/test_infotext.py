@@ -10,12 +10,6 @@ import sdlab
 from sdlab.infotext import parse_infotext
 
 
-@pytest.fixture
-def lab(tiny):
-    tiny.pipe.set_progress_bar_config(disable=True)
-    return tiny
-
-
 def test_png_round_trip_regenerates_the_same_image(lab, tmp_path):
     run = lab.generate("a red, round apple", negative_prompt="text, watermark", sampler="DPM++ 2M", schedule="karras",
                        steps=4, seed=1234, cfg=6.5, width=64, height=48)
@@ -93,3 +87,21 @@ def test_a1111_png_is_read(tmp_path):
         blank = tmp_path / "blank.png"
         Image.new("RGB", (8, 8)).save(blank)
         sdlab.read_settings(blank)
+
+
+def test_a_custom_scheduler_run_saves_settings_that_reproduce_it(lab, tmp_path):
+    from diffusers import DDIMScheduler
+
+    trap = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=True,
+                         set_alpha_to_one=True)
+    run = lab.generate("a cat", steps=4, seed=5, scheduler=trap)
+    s = run.settings
+    assert s.sampler == "DDIM" and s.schedule == "automatic"  # valid names: the catalog entry of its class
+    assert s.scheduler_config["_class_name"] == "DDIMScheduler" and s.scheduler_config["clip_sample"] is True
+    assert run.scheduler_report["schedule"] == "custom"
+    assert "Custom scheduler: DDIMScheduler" in run.infotext()
+    read = sdlab.read_settings(run.save(tmp_path / "trap.png"))
+    assert read == s
+    again = lab.generate(read)
+    assert again.image.tobytes() == run.image.tobytes()
+    assert lab.generate(read.updated(scheduler_config=None)).image.tobytes() != run.image.tobytes()  # sdlab's DDIM

@@ -5,7 +5,6 @@ but draws the wrong thing fails here too.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat

@@ -11,12 +11,6 @@ from sdlab import plots
 from sdlab.analysis import steps_per_band
 
 
-@pytest.fixture
-def lab(tiny):
-    tiny.pipe.set_progress_bar_config(disable=True)
-    return tiny
-
-
 def test_schedule_plot_has_one_line_per_type_with_the_core_values(lab):
     drawn = plots.plot_schedules(["uniform", "karras", "exponential"], n=10, model=lab, rho=5.0)
     assert list(drawn.artists) == ["uniform", "karras", "exponential"]

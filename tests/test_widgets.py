@@ -8,12 +8,6 @@ from sdlab import generation
 
 
 @pytest.fixture
-def lab(tiny):
-    tiny.pipe.set_progress_bar_config(disable=True)
-    return tiny
-
-
-@pytest.fixture
 def studio(lab, tmp_path):
     return sdlab.Studio(lab, output_dir=tmp_path)
 

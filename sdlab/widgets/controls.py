@@ -3,13 +3,8 @@ from __future__ import annotations
 
 import ipywidgets as W
 
-from ..noise_schedules import AUTOMATIC, SCHEDULES, resolve_schedule
+from ..noise_schedules import AUTOMATIC, resolve_schedule, schedule_label
 from ..sampler_catalog import CATALOG, parse_sampler, resolve
-
-
-def schedule_label(name: str) -> str:
-    st = SCHEDULES.get(name)
-    return "Automatic" if name == AUTOMATIC else (st.a1111 or name) if st else name
 
 
 class SamplerPicker(W.HBox):

@@ -5,7 +5,7 @@ import ipywidgets as W
 import numpy as np
 
 from .. import noise_schedules as S
-from ..plots import DEFAULT_SCHEDULES, Y_AXES, _training, _y, plot_schedules, png_bytes
+from ..plots import DEFAULT_SCHEDULES, Y_AXES, _y, plot_schedules, png_bytes
 
 
 class ScheduleExplorer(W.VBox):
@@ -14,8 +14,8 @@ class ScheduleExplorer(W.VBox):
 
     def __init__(self, model=None, names=("uniform", "karras", "exponential", "align_your_steps"), n: int = 20,
                  rho: float = 7.0):
-        self.training, self.family = _training(model)
-        options = [(S.SCHEDULES[k].a1111 or k, k) for k in DEFAULT_SCHEDULES]
+        self.training, self.family = S.TrainingSchedule.of(model), getattr(model, "family", "sd1")
+        options = [(S.schedule_label(k), k) for k in DEFAULT_SCHEDULES]
         self.names = W.SelectMultiple(options=options, value=tuple(S.resolve_schedule(x) for x in names),
                                       description="Schedules", rows=len(options))
         self.n = W.IntSlider(value=n, min=2, max=100, description="Steps")

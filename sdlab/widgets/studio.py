@@ -16,8 +16,10 @@ from pathlib import Path
 
 import ipywidgets as W
 
-from ..generation import Job, Run, Settings, StepEvent, native_size
+from ..generation import Job, native_size
 from ..previews import to_jpeg
+from ..records import Run, StepEvent
+from ..settings import Settings
 from .controls import SamplerPicker
 from .viewer import StepViewer
 
@@ -191,14 +193,14 @@ class Studio(W.VBox):
             if job.error is not None:
                 self._show_error(job.error)
                 self.progress.value = "failed"
-                if job.run is not None and job.run.steps:
+                if job.run is not None and job.run.records:
                     self.viewer.show_run(job.run)
                 return
             run = job.wait()
             self._add_history(run)
             self.show(run)
             state = "stopped" if run.stopped else "done"
-            self.progress.value = (f"{state}: step {run.steps[-1].step}/{run.settings.steps} &middot; NFE {run.nfe} "
+            self.progress.value = (f"{state}: step {run.records[-1].step}/{run.settings.steps} &middot; NFE {run.nfe} "
                                    f"&middot; {run.seconds:.1f} s &middot; seed {run.settings.seed}")
             for problem in run.problems:
                 self._show_error(problem)
@@ -253,7 +255,7 @@ def _model_note(lab) -> str:
     if getattr(lab, "is_tiny", False):
         return "<b>Built-in tiny model</b>: random weights, so images are noise. Load a real model for pictures."
     if getattr(lab, "is_toy", False):
-        from ..toy import vocabulary
+        from ..toy.data import vocabulary
 
         return ("<b>Built-in teaching model</b>: an exact denoiser that can only draw its own pictures (shapes, "
                 f"colours, positions, sizes). Words it knows: <i>{html.escape(', '.join(vocabulary()))}</i>.")
@@ -263,5 +265,5 @@ def _model_note(lab) -> str:
 def _progress(event: StepEvent, elapsed: float) -> str:
     r = event.record
     rate = r.step / elapsed if elapsed > 0 else 0.0
-    eta = (r.steps - r.step) / rate if rate > 0 else float("nan")
-    return f"step {r.step}/{r.steps} &middot; NFE {r.nfe} &middot; {rate:.1f} it/s &middot; ETA {eta:.0f} s"
+    eta = (r.total_steps - r.step) / rate if rate > 0 else float("nan")
+    return f"step {r.step}/{r.total_steps} &middot; NFE {r.nfe} &middot; {rate:.1f} it/s &middot; ETA {eta:.0f} s"

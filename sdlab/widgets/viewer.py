@@ -4,8 +4,8 @@ from __future__ import annotations
 import ipywidgets as W
 import numpy as np
 
-from ..generation import Run
 from ..previews import approx_rgb, latent_channels, to_jpeg, vae_rgb
+from ..records import Run
 
 
 def _grey_jpeg(channel: np.ndarray) -> bytes:
@@ -64,7 +64,7 @@ class StepViewer(W.VBox):
 
     def show_run(self, run: Run) -> None:
         self.run = run
-        n = max(len(run.steps), 1)
+        n = max(len(run.records), 1)
         old = self.slider.value
         self.slider.max = self.play.max = n
         self.slider.value = n  # a changed value renders through the observer
@@ -73,22 +73,20 @@ class StepViewer(W.VBox):
 
     def _render(self) -> None:
         run = self.run
-        if run is None or not run.steps:
+        if run is None or not run.records:
             self.info.value = "<i>no steps recorded</i>"
             return
-        rec = run.steps[self.slider.value - 1]
-        tensor = rec.x0 if self.target.value == "x0" else rec.latents
-        if tensor is None:
+        rec = run.records[self.slider.value - 1]
+        try:
+            tensor = rec.view(self.target.value)
+        except ValueError:
             self.info.value = "<i>this run kept no tensors (record=False)</i>"
             return
-        tensor = tensor.float()
-        if self.target.value == "xt":
-            tensor = tensor * rec.xt_scale
         if self.decoder.value == "vae" and self.lab is not None:
             rgb = vae_rgb(self.lab.pipe.vae, tensor)
         else:
             rgb = approx_rgb(tensor, run.family)
         self.panel.show(rgb, latent_channels(tensor))
         sigma = "n/a" if rec.sigma is None else f"{rec.sigma:.4f}"
-        self.info.value = (f"step {rec.step}/{rec.steps} &middot; call {rec.index + 1}/{len(run.steps)} &middot; "
+        self.info.value = (f"step {rec.step}/{rec.total_steps} &middot; call {rec.index + 1}/{len(run.records)} &middot; "
                            f"timestep {rec.timestep:.1f} &middot; sigma {sigma} &middot; NFE {rec.nfe}")

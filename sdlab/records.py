@@ -1,0 +1,126 @@
+"""What a run produces: per-call step records, the event on_step receives, and the Run. Data only.
+
+Records hold host copies of 4 tensors of B x 4 x h/8 x w/8 per UNet call (latents, x0, both noise
+predictions), float16 unless the run asked for another dtype; ``record_tensor`` is the one answer to
+"which tensor does a record show" for previews, plots, statistics and the step viewer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+Target = str  # "x0" (predicted clean latents) or "xt" (the sample, variance-preserving)
+
+
+def record_tensor(target: Target, x0: torch.Tensor | None, latents: torch.Tensor | None, xt_scale: float):
+    """The tensor a view shows for a step: the x0 estimate, or the sample scaled to the variance-
+    preserving x_t the UNet sees (k-diffusion-style samplers carry x0 + sigma eps; ``xt_scale`` undoes it)."""
+    if target == "x0":
+        return x0
+    if target == "xt":
+        return None if latents is None else latents * xt_scale
+    raise ValueError(f"Unknown target {target!r}; choose 'x0' (predicted clean image) or 'xt'.")
+
+
+@dataclass
+class StepRecord:
+    """One UNet call of a run (one pipeline loop iteration; Heun-type samplers make two per step)."""
+
+    index: int  # loop iteration, 0-based
+    step: int  # user steps completed after this call, 1..total_steps
+    total_steps: int  # N, the user's step count
+    timestep: float
+    sigma: float | None  # noise level after this call (None where the scheduler has no sigmas)
+    nfe: int  # UNet calls so far
+    latents: torch.Tensor | None  # the sample after the call (host copy)
+    x0: torch.Tensor | None  # predicted clean latents (host copy)
+    noise_uncond: torch.Tensor | None  # unconditional noise prediction (None without CFG)
+    noise_cond: torch.Tensor | None  # conditional noise prediction
+    seconds: float = float("nan")  # wall time of this call
+    xt_scale: float = 1.0  # latents x this = the variance-preserving x_t (see record_tensor)
+
+    @property
+    def steps(self) -> int:
+        """The user's step count (an alias of ``total_steps``)."""
+        return self.total_steps
+
+    def view(self, target: Target = "x0") -> torch.Tensor:
+        """x0 or x_t of this call as float32 (``record_tensor``); raises if the run kept no tensors."""
+        t = record_tensor(target, self.x0, self.latents, self.xt_scale)
+        if t is None:
+            raise ValueError("This run kept no tensors (record=False); generate with record=True to look inside it.")
+        return t.float()
+
+
+@dataclass
+class StepEvent:
+    """What ``on_step`` and the widgets receive after every UNet call."""
+
+    run: "Run"
+    record: StepRecord
+    preview: np.ndarray | None  # HxWx3 uint8, or None when this call was not previewed
+    channels: np.ndarray | None = None  # (4, h, w) uint8 latent channels of the previewed tensor, with the preview
+
+
+@dataclass
+class Run:
+    """The result of one generation, complete or stopped."""
+
+    settings: Any  # Settings: complete, with the catalog's names for sampler and schedule
+    model: str
+    family: str
+    device: str
+    dtype: str
+    plan: Any  # sampler_catalog.Plan
+    scheduler_report: dict = field(default_factory=dict)
+    records: list[StepRecord] = field(default_factory=list)
+    images: list = field(default_factory=list)
+    final_latents: torch.Tensor | None = None
+    stopped: bool = False
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    nsfw: list | None = None
+    preview: np.ndarray | None = None
+    requested: Any = None  # the Settings as the user gave them (their spelling of the names)
+
+    @property
+    def steps(self) -> list[StepRecord]:
+        """The per-call records (an alias of ``records``)."""
+        return self.records
+
+    @property
+    def image(self):
+        return self.images[0] if self.images else None
+
+    @property
+    def nfe(self) -> int:
+        return self.records[-1].nfe if self.records else 0
+
+    @property
+    def done(self) -> bool:
+        return bool(self.images)
+
+    @property
+    def record_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for r in self.records
+                   for t in (r.latents, r.x0, r.noise_uncond, r.noise_cond) if t is not None)
+
+    def save(self, path, **kwargs):
+        """Write the image as a PNG with A1111 infotext and sdlab's settings (see sdlab.infotext)."""
+        from .infotext import save_png
+
+        return save_png(self, path, **kwargs)
+
+    def infotext(self) -> str:
+        from .infotext import format_infotext
+
+        return format_infotext(self)
+
+    def __repr__(self) -> str:
+        state = "stopped" if self.stopped else ("done" if self.done else "running")
+        s = self.settings
+        return (f"Run({state}, {s.sampler} / {s.schedule}, {len(self.records)} records, NFE {self.nfe}, "
+                f"seed {s.seed}, {s.width}x{s.height})")
