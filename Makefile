@@ -16,11 +16,19 @@ STAMP := $(VENV)/.sdlab-installed
 
 .PHONY: setup lab test kernel browser clean
 
-$(STAMP): pyproject.toml
+# k-diffusion (what A1111 and ComfyUI run) is the tests' independent reference for the samplers. Its
+# declared requirements pull a second, CUDA build of torch, wandb and training code; the samplers in
+# k_diffusion/sampling.py need only torch, scipy, torchsde, tqdm and torchdiffeq (in the test extra), so it
+# is installed without them and tests/kdiffusion.py loads just those modules (its package __init__, the
+# part that wants setuptools<81 and the training stack, is never run).
+KDIFFUSION ?= k-diffusion==0.1.1.post1
+
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH)
 	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install --no-deps $(KDIFFUSION)
 	$(PY) -m ipykernel install --sys-prefix --name sdlab --display-name "Python (sdlab)"
 	touch $(STAMP)
 

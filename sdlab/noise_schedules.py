@@ -1,9 +1,14 @@
 """Noise schedules as data: pure functions from step count to sigmas, and a model's training schedule.
 
-Every schedule returns ``n + 1`` sigmas, from high noise to low, ending with the appended 0 (as in
-k-diffusion). Formulas are from k-diffusion (k_diffusion/sampling.py), A1111 (modules/sd_schedulers.py),
-ComfyUI (comfy/samplers.py) and diffusers where they differ; each function names its source.
-Nothing here needs a diffusers pipeline: numpy (and scipy for the beta schedule) only.
+Every schedule returns the noise levels a sampler moves through, from high noise to low, ending with the
+final one: ``n + 1`` levels ending with an appended 0 (as in k-diffusion) for most. The exceptions are as
+their sources compute them: A1111's KL Optimal ends at sigma_min (no 0), ddim_uniform has more than n
+levels when n does not divide the training steps, and ComfyUI's beta fewer when rounding merges timesteps.
+
+Formulas are A1111's (modules/sd_schedulers.py) and k-diffusion's (k_diffusion/sampling.py), which A1111
+calls. Where ComfyUI (comfy/samplers.py) computes something else under the same name (beta, kl_optimal),
+the name means A1111's, and ComfyUI's has its own (beta_comfyui, kl_optimal_comfyui). Each function names
+its source. Nothing here needs a diffusers pipeline: numpy (and scipy for the beta schedules) only.
 """
 from __future__ import annotations
 
@@ -192,10 +197,18 @@ def vp(n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3)
 
 
 def kl_optimal(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
-    """KL-optimal schedule (Sahoo et al. 2024): evenly spaced in arctan(sigma).
+    """KL-optimal schedule (Sahoo et al. 2024), as A1111 computes it (modules/sd_schedulers.py, PR 15608):
+    n+1 levels evenly spaced in arctan(sigma) from sigma_max to sigma_min, with no 0 appended, so the
+    last step ends at sigma_min."""
+    n = _check_n(n)
+    _check_range(sigma_min, sigma_max)
+    w = np.arange(n + 1) / n
+    return np.tan(w * math.atan(sigma_min) + (1 - w) * math.atan(sigma_max))
 
-    As ComfyUI writes it (i / (n-1) over n points, then 0); A1111 spaces n+1 points ending at sigma_min.
-    """
+
+def kl_optimal_comfyui(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
+    """ComfyUI's kl_optimal (comfy/samplers.py kl_optimal_scheduler): n levels evenly spaced in
+    arctan(sigma) from sigma_max to sigma_min, then 0."""
     n = _check_n(n)
     _check_range(sigma_min, sigma_max)
     w = np.arange(n) / max(n - 1, 1)
@@ -203,9 +216,10 @@ def kl_optimal(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
 
 
 def beta(n: int, sigma_min: float, sigma_max: float, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
-    """Beta-distribution schedule (Lee et al. 2024), as diffusers' use_beta_sigmas computes it: the
-    beta quantiles placed between sigma_max and sigma_min in sigma. (A1111 and ComfyUI place the same
-    quantiles on training timesteps instead, so their 'Beta' spends steps a little differently.)"""
+    """Beta-distribution schedule (Lee et al. 2024, arXiv:2407.12173) as A1111 computes it
+    (modules/sd_schedulers.py beta_scheduler) and diffusers' use_beta_sigmas does: the beta quantiles
+    placed between sigma_max and sigma_min in sigma. ComfyUI's beta places them on training timesteps
+    instead: ``beta_comfyui``."""
     import scipy.stats
 
     n = _check_n(n)
@@ -214,18 +228,50 @@ def beta(n: int, sigma_min: float, sigma_max: float, alpha: float = 0.6, beta: f
     return _append_zero(sigma_min + q * (sigma_max - sigma_min))
 
 
-def align_your_steps(n: int, family: str = "sd1") -> np.ndarray:
-    """Align Your Steps (Sabour et al. 2024): NVIDIA's 10-step levels, log-linearly interpolated to n
-    steps, the last level replaced by 0 (as ComfyUI's AlignYourStepsScheduler does)."""
+def beta_comfyui(n: int, model: "TrainingSchedule | None" = None, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
+    """ComfyUI's beta (comfy/samplers.py beta_scheduler): the quantiles of 1 - linspace(0, 1, n, endpoint
+    False) placed on the training timesteps (rounded; repeats merged, so it can have fewer levels), the
+    model's sigma read off at each, then 0."""
+    import scipy.stats
+
     n = _check_n(n)
-    levels = AYS_SDXL if family == "sdxl" else AYS_SD15
-    if n + 1 != len(levels):
+    model = model or TrainingSchedule.stable_diffusion()
+    total = model.num_train_timesteps - 1
+    ts = np.rint(scipy.stats.beta.ppf(1 - np.linspace(0, 1, n, endpoint=False), alpha, beta) * total).astype(int)
+    keep = np.concatenate([[True], ts[1:] != ts[:-1]])
+    return _append_zero(model.sigmas[ts[keep]])
+
+
+def linear_quadratic(n: int, sigma_min: float, sigma_max: float, threshold_noise: float = 0.025,
+                     linear_steps: float | None = None) -> np.ndarray:
+    """ComfyUI's linear_quadratic (comfy/samplers.py, from genmoai's Mochi): the first half of the steps
+    linear in (1 - sigma / sigma_max) up to threshold_noise, the rest quadratic, scaled to sigma_max; ends at 0."""
+    n = _check_n(n)
+    if n == 1:
+        schedule = [1.0, 0.0]
+    else:
+        ls = int(linear_steps) if linear_steps is not None else n // 2
+        linear = [i * threshold_noise / ls for i in range(ls)]
+        diff = ls - threshold_noise * n
+        qs = n - ls
+        quad_coef = diff / (ls * qs ** 2)
+        lin_coef = threshold_noise / ls - 2 * diff / (qs ** 2)
+        const = quad_coef * ls ** 2
+        quadratic = [quad_coef * i ** 2 + lin_coef * i + const for i in range(ls, n)]
+        schedule = [1.0 - x for x in linear + quadratic + [1.0]]
+    return np.asarray(schedule, dtype=np.float64) * sigma_max
+
+
+def align_your_steps(n: int, family: str = "sd1") -> np.ndarray:
+    """Align Your Steps (Sabour et al. 2024) as A1111 computes it (modules/sd_schedulers.py): NVIDIA's
+    11 levels (their 10-step schedule) for 11 steps, else log-linearly interpolated to n levels; then 0."""
+    n = _check_n(n)
+    levels = np.asarray(AYS_SDXL if family == "sdxl" else AYS_SD15, dtype=np.float64)
+    if n != len(levels):
         xs = np.linspace(0, 1, len(levels))
-        ys = np.log(np.asarray(levels[::-1]))
-        levels = np.exp(np.interp(np.linspace(0, 1, n + 1), xs, ys))[::-1]
-    out = np.array(levels, dtype=np.float64)
-    out[-1] = 0.0
-    return out
+        ys = np.log(levels[::-1])
+        levels = np.exp(np.interp(np.linspace(0, 1, n), xs, ys))[::-1]
+    return _append_zero(levels)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -258,12 +304,13 @@ def simple(n: int, model: TrainingSchedule | None = None) -> np.ndarray:
 
 
 def ddim_uniform(n: int, model: TrainingSchedule | None = None) -> np.ndarray:
-    """Timesteps 1, 1 + T//n, 1 + 2T//n, ... (DDIM's uniform discretisation, A1111's DDIM and ComfyUI
-    ddim_uniform); in diffusers, timestep_spacing='leading' with steps_offset=1."""
+    """Timesteps range(1, T, T // n), from the top (DDIM's uniform discretisation; A1111's DDIM schedule
+    and DDIM sampler, ComfyUI's ddim_uniform). When n does not divide T that is more than n timesteps:
+    31 for 30 steps. diffusers' timestep_spacing='leading' with steps_offset=1 gives the first n of them."""
     n = _check_n(n)
     model = model or TrainingSchedule.stable_diffusion()
     stride = max(model.num_train_timesteps // n, 1)
-    ts = np.arange(1, model.num_train_timesteps, stride)[:n]
+    ts = np.arange(1, model.num_train_timesteps, stride)
     return _append_zero(model.sigmas[ts][::-1])
 
 
@@ -271,47 +318,53 @@ def ddim_uniform(n: int, model: TrainingSchedule | None = None) -> np.ndarray:
 # Registry
 # ---------------------------------------------------------------------------------------------------
 
-# How a diffusers scheduler is made to follow a schedule: a timestep_spacing, a use_*_sigmas flag,
-# explicit sigmas to set_timesteps, or not at all ("formula": plotted, never sampled with).
-Realisation = Literal["spacing", "flag", "sigmas", "formula"]
-
-
 @dataclass(frozen=True)
 class ScheduleType:
-    """One schedule type: its formula, how a diffusers scheduler is made to follow it, its parameters."""
+    """One schedule type: its formula, its names in A1111 and ComfyUI, and the diffusers timestep spacing
+    that equals it on schedulers that can only be given a spacing (None: those cannot follow it)."""
 
     name: str
     function: Callable[..., np.ndarray] = field(repr=False)
     needs: Literal["range", "model", "family", "none"]
-    realisation: Realisation
     params: Mapping[str, float] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
-    a1111: str | None = None
+    a1111: str | None = None  # A1111's label, where it has this schedule
+    comfyui: str | None = None  # ComfyUI's name, where it computes the same
+    spacing: tuple[str, int | None] | None = None  # (timestep_spacing, steps_offset)
+    sampleable: bool = True  # False: for plots only
     description: str = ""
 
 
 SCHEDULES: dict[str, ScheduleType] = {s.name: s for s in [
-    ScheduleType("uniform", uniform, "model", "spacing", aliases=("normal", "linear", "linspace"),
-                 a1111="Uniform", description="timesteps evenly spaced (A1111 Uniform, ComfyUI normal)"),
-    ScheduleType("karras", karras, "range", "flag", {"rho": 7.0}, a1111="Karras",
+    ScheduleType("uniform", uniform, "model", aliases=("normal", "linear", "linspace"), a1111="Uniform",
+                 comfyui="normal", spacing=("linspace", None),
+                 description="timesteps evenly spaced from T-1 to 0 (A1111 Uniform and Normal, ComfyUI normal)"),
+    ScheduleType("karras", karras, "range", {"rho": 7.0}, a1111="Karras", comfyui="karras",
                  description="evenly spaced in sigma^(1/rho): more steps at low noise"),
-    ScheduleType("exponential", exponential, "range", "flag", a1111="Exponential",
+    ScheduleType("exponential", exponential, "range", a1111="Exponential", comfyui="exponential",
                  description="evenly spaced in log sigma"),
-    ScheduleType("polyexponential", polyexponential, "range", "sigmas", {"rho": 1.0}, a1111="Polyexponential",
+    ScheduleType("polyexponential", polyexponential, "range", {"rho": 1.0}, a1111="Polyexponential",
                  description="polynomial in log sigma; rho=1 is exponential"),
-    ScheduleType("sgm_uniform", sgm_uniform, "model", "spacing", aliases=("trailing",), a1111="SGM Uniform",
-                 description="n+1 evenly spaced timesteps, last dropped (diffusers 'trailing')"),
-    ScheduleType("simple", simple, "model", "spacing", a1111="Simple",
-                 description="every T/n-th training sigma from the top (diffusers 'trailing')"),
-    ScheduleType("ddim_uniform", ddim_uniform, "model", "spacing", aliases=("ddim", "leading"), a1111="DDIM",
-                 description="timesteps 1, 1+T/n, ... (diffusers 'leading', steps_offset=1)"),
-    ScheduleType("kl_optimal", kl_optimal, "range", "sigmas", a1111="KL Optimal",
-                 description="evenly spaced in arctan(sigma)"),
-    ScheduleType("align_your_steps", align_your_steps, "family", "sigmas", aliases=("ays",),
-                 a1111="Align Your Steps", description="NVIDIA's optimised levels, interpolated to n steps"),
-    ScheduleType("beta", beta, "range", "flag", {"alpha": 0.6, "beta": 0.6}, a1111="Beta",
-                 description="beta-distribution quantiles (diffusers use_beta_sigmas)"),
-    ScheduleType("vp", vp, "none", "formula", {"beta_d": 19.9, "beta_min": 0.1, "eps_s": 1e-3},
+    ScheduleType("sgm_uniform", sgm_uniform, "model", aliases=("trailing",), a1111="SGM Uniform", comfyui="sgm_uniform",
+                 spacing=("trailing", None), description="n+1 evenly spaced timesteps, last dropped"),
+    ScheduleType("simple", simple, "model", a1111="Simple", comfyui="simple", spacing=("trailing", None),
+                 description="every T/n-th training sigma from the top"),
+    ScheduleType("ddim_uniform", ddim_uniform, "model", aliases=("ddim", "leading"), a1111="DDIM",
+                 comfyui="ddim_uniform", spacing=("leading", 1),
+                 description="timesteps range(1, T, T//n) from the top (more than n when n does not divide T)"),
+    ScheduleType("kl_optimal", kl_optimal, "range", a1111="KL Optimal",
+                 description="evenly spaced in arctan(sigma), ending at sigma_min (A1111's)"),
+    ScheduleType("kl_optimal_comfyui", kl_optimal_comfyui, "range", aliases=("comfyui kl optimal",),
+                 description="ComfyUI's kl_optimal: n levels evenly spaced in arctan(sigma), then 0"),
+    ScheduleType("align_your_steps", align_your_steps, "family", aliases=("ays",), a1111="Align Your Steps",
+                 description="NVIDIA's optimised levels, interpolated to n steps (A1111's)"),
+    ScheduleType("beta", beta, "range", {"alpha": 0.6, "beta": 0.6}, a1111="Beta",
+                 description="beta-distribution quantiles placed in sigma (A1111's, diffusers use_beta_sigmas)"),
+    ScheduleType("beta_comfyui", beta_comfyui, "model", {"alpha": 0.6, "beta": 0.6}, aliases=("comfyui beta",),
+                 description="ComfyUI's beta: the quantiles placed on training timesteps"),
+    ScheduleType("linear_quadratic", linear_quadratic, "range", {"threshold_noise": 0.025}, comfyui="linear_quadratic",
+                 description="ComfyUI's: linear, then quadratic, in 1 - sigma/sigma_max"),
+    ScheduleType("vp", vp, "none", {"beta_d": 19.9, "beta_min": 0.1, "eps_s": 1e-3}, sampleable=False,
                  description="continuous VP-SDE schedule with its own sigma range (for plots; outside SD's range)"),
 ]}
 
@@ -324,7 +377,7 @@ def _norm(name: str) -> str:
 
 _LOOKUP: dict[str, str] = {}
 for _s in SCHEDULES.values():
-    for _key in (_s.name, *_s.aliases, _s.a1111 or _s.name):
+    for _key in (_s.name, *_s.aliases, _s.a1111 or _s.name, _s.comfyui or _s.name):
         _LOOKUP[_norm(_key)] = _s.name
 
 
@@ -365,7 +418,8 @@ def schedules() -> list[ScheduleType]:
 
 def sigmas(schedule: str, n: int, sigma_min: float | None = None, sigma_max: float | None = None, *,
            model: TrainingSchedule | None = None, family: str = "sd1", **params: float) -> np.ndarray:
-    """The n+1 sigmas (trailing 0 included) of any schedule type.
+    """The noise levels of any schedule type for n steps, ending with the final level (see the module
+    docstring: n+1 of them, ending at 0, for most).
 
     sigma_min / sigma_max default to the training schedule's (``model``, by default Stable Diffusion's).
     Timestep-based schedules (uniform, sgm_uniform, simple, ddim_uniform) use ``model`` instead.
@@ -385,7 +439,7 @@ def sigmas(schedule: str, n: int, sigma_min: float | None = None, sigma_max: flo
         hi = model.sigma_max if sigma_max is None else float(sigma_max)
         return st.function(n, lo, hi, **params)
     if st.needs == "model":
-        return st.function(n, model)
+        return st.function(n, model, **params)
     if st.needs == "family":
         return st.function(n, family)
     return st.function(n, **params)

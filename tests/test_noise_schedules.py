@@ -36,7 +36,9 @@ def test_polyexponential_by_hand_and_rho_1_is_exponential():
 
 def test_kl_optimal_by_hand():
     # atan(0.1) + atan(10) = pi/2, so the midpoint is tan(pi/4) = 1
-    assert S.kl_optimal(3, 0.1, 10.0) == pytest.approx([10.0, 1.0, 0.1, 0.0])
+    # A1111: n+1 levels, ending at sigma_min (no 0); ComfyUI: n levels, then 0
+    assert S.kl_optimal(2, 0.1, 10.0) == pytest.approx([10.0, 1.0, 0.1])
+    assert S.kl_optimal_comfyui(3, 0.1, 10.0) == pytest.approx([10.0, 1.0, 0.1, 0.0])
 
 
 def test_vp_by_hand():
@@ -52,22 +54,26 @@ def test_beta_endpoints_and_symmetry():
     assert s[1] + s[3] == pytest.approx(10.0 + 0.1)
 
 
-def test_align_your_steps_10_is_the_published_table_and_interpolates():
-    assert S.align_your_steps(10)[:-1] == pytest.approx(S.AYS_SD15[:-1])
-    assert S.align_your_steps(10, "sdxl")[:-1] == pytest.approx(S.AYS_SDXL[:-1])
-    s20 = S.align_your_steps(20)
-    assert len(s20) == 21 and s20[-1] == 0
-    assert s20[0] == pytest.approx(14.615) and s20[2] == pytest.approx(6.475)  # every other level is the table's
+def test_align_your_steps_is_a1111s():
+    # A1111 (modules/sd_schedulers.py): the 11 published levels for 11 steps, else interpolated to n, then 0
+    assert S.align_your_steps(11)[:-1] == pytest.approx(S.AYS_SD15) and S.align_your_steps(11)[-1] == 0
+    assert S.align_your_steps(11, "sdxl")[:-1] == pytest.approx(S.AYS_SDXL)
+    s21 = S.align_your_steps(21)
+    assert len(s21) == 22 and s21[-1] == 0
+    assert s21[0] == pytest.approx(14.615) and s21[2] == pytest.approx(6.475)  # every other level is the table's
     # between two table levels the interpolation is log-linear: the geometric mean
-    assert s20[1] == pytest.approx(math.sqrt(14.615 * 6.475))
+    assert s21[1] == pytest.approx(math.sqrt(14.615 * 6.475))
+    assert S.align_your_steps(10)[-2] == pytest.approx(0.029)  # 10 steps end at the table's lowest level
 
 
 def test_timestep_schedules_on_the_training_schedule():
     # uniform: timesteps 999 and 0 -> sigma_max and sigma_min
     assert S.uniform(2, SD) == pytest.approx([SD.sigma_max, SD.sigma_min, 0.0])
-    # ddim_uniform: timesteps 1, 51, ..., 951 for 20 steps
+    # ddim_uniform: timesteps 1, 51, ..., 951 for 20 steps; range(1, 1000, 33) for 30: 31 of them
     s = S.ddim_uniform(20, SD)
-    assert s[0] == pytest.approx(SD.sigmas[951]) and s[-2] == pytest.approx(SD.sigmas[1])
+    assert len(s) == 21 and s[0] == pytest.approx(SD.sigmas[951]) and s[-2] == pytest.approx(SD.sigmas[1])
+    s30 = S.ddim_uniform(30, SD)
+    assert len(s30) == 32 and s30[0] == pytest.approx(SD.sigmas[991]) and s30[0] == pytest.approx(13.93, abs=5e-3)
     # simple: every 250th training sigma from the top for 4 steps
     assert S.simple(4, SD)[:-1] == pytest.approx(SD.sigmas[[999, 749, 499, 249]])
     # sgm_uniform: 5 points from 999 to 0, the last dropped
@@ -76,12 +82,34 @@ def test_timestep_schedules_on_the_training_schedule():
 
 @pytest.mark.parametrize("name", [s.name for s in S.schedules()])
 @pytest.mark.parametrize("n", [1, 2, 10, 33])
-def test_every_schedule_has_n_plus_one_decreasing_sigmas_ending_in_zero(name, n):
+def test_every_schedule_has_decreasing_levels_ending_where_its_source_ends(name, n):
     s = sdlab.sigmas(name, n)
-    assert len(s) == n + 1 and s[-1] == 0.0
     assert np.all(np.diff(s) < 0), s
+    if name == "kl_optimal":  # A1111's: n+1 levels ending at sigma_min
+        assert len(s) == n + 1 and s[-1] == pytest.approx(SD.sigma_min)
+    elif name == "ddim_uniform":  # range(1, T, T // n): at least n timesteps
+        assert len(s) == len(range(1, 1000, 1000 // n)) + 1 >= n + 1 and s[-1] == 0.0
+    elif name == "beta_comfyui":  # ComfyUI's: merged where rounding repeats a timestep
+        assert 2 <= len(s) <= n + 1 and s[-1] == 0.0
+    else:
+        assert len(s) == n + 1 and s[-1] == 0.0
     if name not in ("vp",):
         assert s[0] <= SD.sigma_max * (1 + 1e-4)  # AYS publishes 14.615 for 14.6146
+
+
+def test_beta_is_a1111s_in_sigma_space_and_comfyuis_on_timesteps():
+    # the figures of A1111's and ComfyUI's own code for 10 steps on SD 1.5
+    assert S.beta(10, SD.sigma_min, SD.sigma_max)[:3] == pytest.approx([14.61, 13.93, 12.49], abs=0.01)
+    assert S.beta_comfyui(10, SD)[:3] == pytest.approx([14.61, 11.54, 7.37], abs=0.01)
+    ts = np.rint(__import__("scipy").stats.beta.ppf(1 - np.linspace(0, 1, 10, endpoint=False), 0.6, 0.6) * 999)
+    assert S.beta_comfyui(10, SD)[:-1] == pytest.approx(SD.sigmas[ts.astype(int)])
+    assert sdlab.noise_schedules.resolve_schedule("Beta") == "beta" and S.resolve_schedule("comfyui beta") == "beta_comfyui"
+
+
+def test_linear_quadratic_is_comfyuis():
+    s = S.linear_quadratic(4, SD.sigma_min, SD.sigma_max)
+    # linear steps 4 // 2 = 2: 1 - [0, 0.0125] ..., then quadratic up to 1, times sigma_max
+    assert s[:2] == pytest.approx(SD.sigma_max * np.array([1.0, 1 - 0.0125])) and s[-1] == 0
 
 
 def test_conversions_round_trip_and_agree():

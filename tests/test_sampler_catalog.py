@@ -11,8 +11,8 @@ from sdlab import models
 from sdlab import noise_schedules as S
 from sdlab.sampler_catalog import CATALOG, parse_sampler, resolve
 
-REQUIRED = ["DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "DPM2", "DPM2 a", "Euler", "Euler a", "Heun", "LMS",
-            "DDIM", "PLMS", "UniPC", "DEIS", "DDPM", "LCM"]
+REQUIRED = ["DPM++ 2M", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ SDE", "DPM++ 3M SDE", "DPM2", "DPM2 a", "Euler",
+            "Euler a", "Heun", "LMS", "DDIM", "PLMS", "UniPC", "UniPC bh2", "DEIS", "DDPM", "LCM"]
 COMBOS = [(s.name, sched) for s in sdlab.samplers() for sched in s.supported_schedules()]
 
 
@@ -38,6 +38,8 @@ def test_catalog_lists_what_users_know():
     ("DPM++ 2M Karras", "DPM++ 2M", "karras"), ("DPM++ 2M SDE Karras", "DPM++ 2M SDE", "karras"),
     ("DPM++ 2M SDE Exponential", "DPM++ 2M SDE", "exponential"), ("LMS Karras", "LMS", "karras"),
     ("DPM2 a Karras", "DPM2 a", "karras"), ("dpmpp_2m_sde", "DPM++ 2M SDE", None),
+    ("uni_pc_bh2", "UniPC bh2", None), ("dpmpp_3m_sde", "DPM++ 3M SDE", None), ("DPM++ 3M SDE Exponential", "DPM++ 3M SDE", "exponential"),
+    ("dpmpp_sde_gpu", "DPM++ SDE", None), ("dpmpp_2m_sde_heun", "DPM++ 2M SDE Heun", None),
 ])
 def test_names_as_a1111_comfyui_and_diffusers_write_them(name, expected, schedule):
     spec, legacy = parse_sampler(name)
@@ -61,10 +63,10 @@ def test_impossible_combinations_say_what_is_supported(lab):
         sdlab.make_scheduler(lab, "DPM++ 2M Karras", "exponential")
     with pytest.raises(ValueError, match="has no option.*'solver_ordr'"):
         sdlab.make_scheduler(lab, "DPM++ 2M", solver_ordr=3)
-    with pytest.raises(ValueError, match="with diffusers' fixed parameters"):
-        sdlab.make_scheduler(lab, "DPM++ 2M", "karras", rho=5)
     with pytest.raises(ValueError, match="Unknown schedule"):
         sdlab.make_scheduler(lab, "Euler", "karass")
+    with pytest.raises(ValueError, match=r"DDIM .* cannot follow the 'uniform' schedule: .*t - T // n.*does not converge"):
+        sdlab.make_scheduler(lab, "DDIM", "uniform")
 
 
 def _run(lab, scheduler, steps=3):
@@ -102,27 +104,45 @@ def test_every_sampler_and_schedule_runs_and_reports_the_truth(lab, sampler, sch
     if getattr(used, "sigmas", None) is not None:
         assert reported.sigmas[0] == pytest.approx(float(used.sigmas[0]))
         assert reported.sigmas[-1] == pytest.approx(float(used.sigmas[-1]))
-    assert len(reported.sigmas) == 4 and np.all(np.diff(reported.sigmas) <= 0)
+    # three steps as asked; one more where A1111's levels have one more (KL Optimal ends at sigma_min,
+    # ddim_uniform) or where UniPC / DEIS end with their corrector's zero-length step
+    assert reported.steps in (3, 4) and len(reported.sigmas) == reported.steps + 1
+    assert np.all(np.diff(reported.sigmas) <= 0)
     assert used.sdlab_sampler == CATALOG[sampler].name
     # the plan's per-call mapping, known before the run, agrees with the scheduler during it
     assert len(reported.step_of_call) == len(reported.sigma_after_call) == unet_calls
-    assert reported.step_of_call[-1] == 3 and np.all(np.diff(reported.step_of_call) >= 0)
+    assert reported.step_of_call[-1] == reported.steps and np.all(np.diff(reported.step_of_call) >= 0)
     for planned, live in zip(reported.sigma_after_call, after):
         if live is not None:
             assert planned == pytest.approx(live)
 
 
-@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "Heun", "LMS", "DPM2", "DEIS", "UniPC"])
-@pytest.mark.parametrize("schedule, formula", [("karras", S.karras), ("exponential", S.exponential)])
-def test_flag_schedules_equal_the_formula_with_the_models_sigma_range(lab, sampler, schedule, formula):
+LEVELS = [s.name for s in sdlab.samplers() if s.route != "spacing"]
+
+
+@pytest.mark.parametrize("sampler", LEVELS)
+@pytest.mark.parametrize("schedule", ["karras", "exponential", "uniform", "align_your_steps", "beta_comfyui",
+                                      "polyexponential"])
+def test_schedules_are_a1111s_levels_on_every_scheduler_that_can_follow_them(lab, sampler, schedule):
+    from sdlab.sampler_catalog import schedule_levels
+
+    spec = CATALOG[sampler]
     scheduler = sdlab.make_scheduler(lab, sampler, schedule)
-    training = S.TrainingSchedule(scheduler.alphas_cumprod.double().numpy())
+    training = S.TrainingSchedule.of(scheduler)
     for n in (5, 20):
-        expected = formula(n, training.sigma_min, training.sigma_max)
-        got = sdlab.plan(scheduler, n).sigmas
-        assert got[:-1] == pytest.approx(expected[:-1], rel=2e-5)
-        # DEIS has no final_sigmas_type: it stops at sigma_min, and plan() says so
-        assert got[-1] == pytest.approx(training.sigma_min if sampler == "DEIS" else 0.0)
+        got = sdlab.plan(scheduler, n)
+        plain = S.sigmas(schedule, n + 1 if spec.discard_penultimate else n, model=training)
+        if spec.discard_penultimate:  # A1111 and ComfyUI: n+1 steps' levels, the next-to-last dropped
+            plain = np.concatenate([plain[:-2], plain[-1:]])
+        levels = got.sigmas[:-1] if spec.ends_at_sigma_min else got.sigmas  # (their corrector's last call)
+        want = schedule_levels(schedule, n, training, discard_penultimate=spec.discard_penultimate,
+                               ends_at_sigma_min=spec.ends_at_sigma_min)
+        assert levels == pytest.approx(want, rel=2e-6)
+        assert want[:-1] == pytest.approx(plain[:len(want) - 1], rel=1e-12)  # the formula, up to where it stops
+        assert not got.notes
+        # the UNet is asked about exactly those levels: fractional timesteps, never rounded
+        assert got.timesteps[:len(levels) - 1] == pytest.approx(training.sigma_to_t(levels[:-1])[:len(got.timesteps)],
+                                                                 rel=1e-5, abs=1e-3) or spec.order == 2
 
 
 @pytest.mark.parametrize("schedule", ["align_your_steps", "kl_optimal", "polyexponential"])
@@ -135,10 +155,11 @@ def test_explicit_sigma_schedules_are_followed_exactly(lab, schedule):
     assert lab.pipe.scheduler.sigmas.double().numpy() == pytest.approx(expected, rel=1e-6)
 
 
-def test_karras_with_another_rho_goes_through_explicit_sigmas(lab):
-    scheduler = sdlab.make_scheduler(lab, "Euler", "karras", rho=3.0)
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "Heun"])
+def test_karras_with_another_rho_is_followed_too(lab, sampler):
+    scheduler = sdlab.make_scheduler(lab, sampler, "karras", rho=3.0)
     assert not scheduler.config.use_karras_sigmas
-    training = S.TrainingSchedule(scheduler.alphas_cumprod.double().numpy())
+    training = S.TrainingSchedule.of(scheduler)
     assert sdlab.plan(scheduler, 8).sigmas == pytest.approx(
         S.karras(8, training.sigma_min, training.sigma_max, rho=3.0), rel=1e-6)
 
@@ -159,10 +180,15 @@ def test_ddim_pitfalls_are_fixed_whatever_was_loaded_before(lab):
 
 def test_dpmpp_2m_automatic_is_karras_like_a1111(lab):
     s = sdlab.make_scheduler(lab, "DPM++ 2M")
-    assert s.config.use_karras_sigmas and s.sdlab_schedule == "karras"
+    assert s.sdlab_schedule == "karras" and s.sdlab_route == "levels"
     assert s.config.algorithm_type == "dpmsolver++" and s.config.final_sigmas_type == "zero"
+    training = S.TrainingSchedule.of(s)
+    p = sdlab.plan(s, 10)
+    assert p.sigmas[:-1] == pytest.approx(S.karras(10, training.sigma_min, training.sigma_max)[:-1], rel=1e-6)
+    # as A1111's k-diffusion samplers, it starts from sigma_max x noise (in diffusers' VP form)
+    assert p.init_noise_sigma == pytest.approx(training.sigma_max / np.sqrt(1 + training.sigma_max ** 2))
     sde = sdlab.make_scheduler(lab, "DPM++ 2M SDE")
-    assert sde.config.use_exponential_sigmas and sde.config.final_sigmas_type == "zero"
+    assert sde.sdlab_schedule == "exponential" and sde.config.final_sigmas_type == "zero"
     euler = sdlab.make_scheduler(lab, "Euler")
     # A1111's Euler uses evenly spaced timesteps (k-diffusion's get_sigmas), not SD 1.5's shipped "leading" spacing
     assert euler.config.timestep_spacing == "linspace" and lab.default_scheduler.config.timestep_spacing == "leading"
@@ -186,7 +212,9 @@ def test_effective_config_report_shows_what_sdlab_set(lab):
     text = sdlab.describe(s, lab.default_scheduler)
     assert text.startswith("DDIM, schedule ddim_uniform: DDIMScheduler") and "clip_sample" in text
     ays = sdlab.describe(sdlab.make_scheduler(lab, "Euler", "align_your_steps"), lab.default_scheduler)
-    assert "set_timesteps(sigmas=...): None -> 'sdlab align_your_steps schedule'" in ays
+    assert "noise levels: None -> \"A1111's Align Your Steps via set_timesteps(sigmas=...)\"" in ays
+    dpm = sdlab.describe(sdlab.make_scheduler(lab, "DPM++ 2M"), lab.default_scheduler)
+    assert "A1111's Karras via the exponential-sigmas conversion" in dpm and "use_exponential_sigmas" not in dpm
     euler = sdlab.describe(sdlab.make_scheduler(lab, "Euler"), lab.default_scheduler)
     assert "timestep_spacing: 'leading' -> 'linspace'" in euler
 
@@ -223,6 +251,6 @@ def test_switching_sampler_never_reloads_weights(clean_registry, monkeypatch):
 
 def test_make_scheduler_for_plain_diffusers_users(lab):
     s = sdlab.make_scheduler(lab.pipe.scheduler.config, "dpmpp_2m", "Karras")
-    assert type(s).__name__ == "DPMSolverMultistepScheduler" and s.config.use_karras_sigmas
+    assert type(s).__name__ == "DPMSolverMultistepScheduler" and isinstance(s, __import__("diffusers").DPMSolverMultistepScheduler)
     spec, sched = resolve("Euler a", "automatic")
     assert (spec.name, sched) == ("Euler a", "uniform")
