@@ -159,7 +159,9 @@ def _measure(lab, prepared: Prepared, denoiser: Denoiser, references: dict, refe
     sigma_end = float(levels[end])
     record = last_record_per_step(run)[end]
     state = record.latents.double() / (1.0 if ve else float(S.vp_scale(sigma_end)))  # as x0 + sigma eps
-    start_scale = run.plan.init_noise_sigma if ve else 1 / float(S.vp_scale(levels[0]))
+    # the pipeline starts from noise x init_noise_sigma: x0 + sigma eps form for VE, scaled by vp_scale for VP
+    # (1 for diffusers' own start, sigma_0 x vp_scale(sigma_0) where a sampler starts as k-diffusion does)
+    start_scale = run.plan.init_noise_sigma / (1.0 if ve else float(S.vp_scale(levels[0])))
     key = (round(float(levels[0]), 10), round(start_scale, 10), round(sigma_end, 10))
     if key not in references:
         start = initial_noise(lab, cell).double().cpu() * start_scale
