@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import a1111
 from . import noise_schedules as S
 from . import sampler_catalog as catalog
 from .denoiser import guidance_applies
@@ -146,7 +147,7 @@ def scheduler_for(lab, prepared: Prepared):
         return copy.deepcopy(prepared.scheduler)
     s = prepared.settings
     return catalog.build_scheduler(lab.default_scheduler.config, prepared.sampler, s.schedule, family=lab.family,
-                                   **s.schedule_params)
+                                   seed=s.seed, **s.schedule_params)
 
 
 def pipe_kwargs(lab, settings: Settings) -> dict:
@@ -412,7 +413,10 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
         run = Run(settings=settings, model=lab.source, family=lab.family, device=str(lab.device),
                   dtype=str(lab.dtype).removeprefix("torch."), plan=catalog.plan(scheduler, settings.steps),
                   scheduler_report=report, requested=prepared.requested)
-        for problem in prompt_problems(lab, settings.prompt, settings.negative_prompt):
+        # what will differ from the tool whose names the user typed (the plan's notes) or whose infotext
+        # is regenerated, and prompt words the model cannot read: said before the first step, kept with the run
+        for problem in (*run.plan.notes, *a1111.differences(settings, prepared.sampler, lab.source),
+                        *prompt_problems(lab, settings.prompt, settings.negative_prompt)):
             run.problems.append(problem)
             notice(f"sdlab: {problem}", stacklevel=4)
         if started is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import noise_schedules as S
+from .a1111 import ORIGIN
 from .sampler_catalog import parse_sampler
 from .settings import SETTING_NAMES, Settings
 
@@ -104,7 +105,7 @@ def read_settings(source) -> Settings:
     text, data = _texts(source)
     if data is not None:
         raw = json.loads(data)["settings"]
-        return Settings(**{k: v for k, v in raw.items() if k in SETTING_NAMES})
+        return Settings(**{**{k: v for k, v in raw.items() if k in SETTING_NAMES}, "origin": "sdlab"})
     if text is None:
         raise ValueError("No generation settings found: the image has neither sdlab's nor A1111's 'parameters' text.")
     return parse_infotext(text)
@@ -154,6 +155,7 @@ def parse_infotext(text: str) -> Settings:
         values[key.strip()] = value
     settings: dict[str, Any] = {"prompt": "\n".join(prompt).strip(), "negative_prompt": "\n".join(negative).strip()}
     extra: dict[str, str] = {}
+    schedule_params: dict[str, float] = {}
     schedule_from_sampler = None
     for key, value in values.items():
         if key == "Steps":
@@ -168,7 +170,8 @@ def parse_infotext(text: str) -> Settings:
         elif key == "Schedule type":
             try:
                 settings["schedule"] = S.resolve_schedule(value)
-            except ValueError:
+            except ValueError:  # kept as written: generate() refuses it, naming it, rather than run another
+                settings["schedule"] = value
                 extra[key] = value
         elif key == "CFG scale":
             settings["cfg"] = float(value)
@@ -181,9 +184,35 @@ def parse_infotext(text: str) -> Settings:
             settings["batch_size"] = int(value)
         elif key == "Eta":
             settings["eta"] = float(value)
+        elif _schedule_param(key) is not None and _number(value) is not None:
+            schedule_params[_schedule_param(key)] = _number(value)
         else:
             extra[key] = value
     if schedule_from_sampler and "schedule" not in settings:
         settings["schedule"] = schedule_from_sampler
+    known = S.SCHEDULES.get(settings.get("schedule", ""))
+    for name, number in schedule_params.items():  # only the parameters the schedule has
+        if known is not None and name in known.params:
+            settings.setdefault("schedule_params", {})[name] = number
+        else:
+            extra[f"Schedule {name}"] = number
     settings["extra"] = extra
+    settings["origin"] = ORIGIN
     return Settings(**settings)
+
+
+# sdlab writes "Schedule <param>"; A1111 writes "Schedule rho" (karras / polyexponential override) and
+# "Beta schedule alpha" / "Beta schedule beta" (modules/sd_schedulers.py beta_dist_alpha, beta_dist_beta)
+_RE_SCHEDULE_PARAM = re.compile(r"^(?:Beta schedule|Schedule) (\w+)$")
+
+
+def _schedule_param(key: str) -> str | None:
+    m = _RE_SCHEDULE_PARAM.match(key)
+    return m.group(1) if m else None
+
+
+def _number(value: str) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

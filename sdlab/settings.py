@@ -36,6 +36,10 @@ class Settings:
     # ({"_class_name": ..., **config}). When set it decides, and sampler / schedule name its catalog entry.
     scheduler_config: dict | None = None
     extra: dict = field(default_factory=dict)  # fields read from an infotext that sdlab does not use
+    # where these settings were read from: "A1111 infotext" (a run then reports what will differ from
+    # A1111's own picture), "sdlab" (an sdlab PNG), or None (typed or built in code). Provenance, not part
+    # of the picture: settings that differ only here are equal.
+    origin: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "Settings":

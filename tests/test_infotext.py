@@ -19,7 +19,7 @@ def test_png_round_trip_regenerates_the_same_image(lab, tmp_path):
     assert "parameters" in text and "sdlab" in text
     data = json.loads(text["sdlab"])
     assert data["family"] == "sd1" and data["model"] == "tiny" and data["scheduler"]["schedule"] == "karras"
-    assert data["scheduler"]["changes"]["use_karras_sigmas"] == ["(default False)", True]
+    assert "A1111's Karras" in data["scheduler"]["changes"]["noise levels"][1]
     assert {"sdlab", "diffusers", "transformers", "torch"} <= set(data["versions"])
     settings = sdlab.read_settings(path)
     assert settings == run.settings
@@ -105,3 +105,57 @@ def test_a_custom_scheduler_run_saves_settings_that_reproduce_it(lab, tmp_path):
     again = lab.generate(read)
     assert again.image.tobytes() == run.image.tobytes()
     assert lab.generate(read.updated(scheduler_config=None)).image.tobytes() != run.image.tobytes()  # sdlab's DDIM
+
+
+# --- regenerating an A1111 picture: what will differ is said, never silent ---------------------------------
+def test_unknown_schedule_type_fails_loudly_instead_of_running_another(lab):
+    s = parse_infotext("x\nSteps: 4, Sampler: Euler, Schedule type: Turbo Wobble, CFG scale: 7, Seed: 1, Size: 64x64")
+    assert s.schedule == "Turbo Wobble" and s.extra["Schedule type"] == "Turbo Wobble"
+    with pytest.raises(ValueError, match="Unknown schedule 'Turbo Wobble'"):
+        lab.generate(s)
+    known = parse_infotext("x\nSteps: 4, Sampler: Euler, Schedule type: Align Your Steps, CFG scale: 7, Seed: 1, Size: 64x64")
+    assert known.schedule == "align_your_steps" and "Schedule type" not in known.extra
+
+
+def test_schedule_parameters_are_read_back():
+    s = parse_infotext("x\nSteps: 4, Sampler: Euler, Schedule type: Karras, Schedule rho: 5, CFG scale: 7, Seed: 1, "
+                       "Size: 64x64, Schedule max sigma: 10")
+    assert s.schedule_params == {"rho": 5.0} and s.extra == {"Schedule max sigma": "10"}
+    beta = parse_infotext("x\nSteps: 4, Sampler: Euler, Schedule type: Beta, Beta schedule alpha: 0.5, "
+                          "Beta schedule beta: 0.7, CFG scale: 7, Seed: 1, Size: 64x64")
+    assert beta.schedule_params == {"alpha": 0.5, "beta": 0.7}
+
+
+A1111_FULL = """(masterpiece:1.2), a castle on a hill, <lora:add_detail:0.8>
+Negative prompt: [lowres]
+Steps: 4, Sampler: DPM++ 2M SDE, Schedule type: Karras, CFG scale: 6.5, Seed: 1234, Size: 64x64, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, ENSD: 31337, Denoising strength: 0.5, Hires upscale: 2, Face restoration: CodeFormer, Version: v1.10.1"""
+
+
+def test_regenerating_an_a1111_infotext_reports_every_difference(lab):
+    settings = parse_infotext(A1111_FULL)
+    assert settings.origin == "A1111 infotext"
+    with pytest.warns(sdlab.SdlabNotice) as caught:
+        run = lab.generate(settings)
+    said = "\n".join(run.problems)
+    assert "A1111's DPM++ 2M SDE is not reproduced exactly" in said  # sampler numerics
+    assert "RNG: GPU" in said and "CPU torch.Generator" in said        # noise source
+    assert "ENSD: 31337" in said and "Clip skip: 2" in said
+    assert "(masterpiece:1.2)" in said and "<lora:add_detail:0.8>" in said and "[lowres]" in said
+    assert "second pass" in said and "Hires upscale: 2" in said
+    assert "v1-5-pruned-emaonly" in said and "'tiny'" in said
+    assert "Face restoration: CodeFormer" in said and "Version" not in said.split("Not used by sdlab")[-1]
+    assert all(any(p in str(w.message) for w in caught) for p in run.problems)  # each one also as a notice
+    assert run.image is not None                                                 # and the picture is made
+
+
+def test_a1111_cpu_rng_and_matching_sampler_leave_little_to_report(lab):
+    text = "a castle\nSteps: 4, Sampler: Euler, Schedule type: Karras, CFG scale: 7, Seed: 9, Size: 64x64, RNG: CPU"
+    run = lab.generate(parse_infotext(text))
+    assert run.problems == []
+
+
+def test_settings_typed_or_from_sdlab_files_report_no_a1111_differences(lab, tmp_path):
+    run = lab.generate("a castle", sampler="DPM++ 2M SDE", steps=3, seed=1, width=64, height=64)
+    assert run.problems == []
+    again = sdlab.read_settings(run.save(tmp_path / "c.png"))
+    assert again.origin == "sdlab" and again == run.settings and lab.generate(again).problems == []
