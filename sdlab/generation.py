@@ -73,10 +73,21 @@ def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
     if isinstance(settings, Prepared):
         return settings
     s = settings
-    if not isinstance(s.prompt, str) or not isinstance(s.negative_prompt, str):
-        raise TypeError("prompt and negative_prompt must be strings.")
-    if isinstance(s.steps, bool) or not isinstance(s.steps, (int, np.integer)) or s.steps < 1:
-        raise ValueError(f"steps must be a whole number >= 1, not {s.steps!r}.")
+    if s.prompt is None or s.negative_prompt is None:  # diffusers' None: no (negative) prompt
+        s = replace(s, prompt=s.prompt or "", negative_prompt=s.negative_prompt or "")
+    for name in ("prompt", "negative_prompt"):
+        if not isinstance(getattr(s, name), str):
+            raise TypeError(f"{name} must be a string, not {type(getattr(s, name)).__name__} ({getattr(s, name)!r}).")
+    T = int(lab.default_scheduler.config.get("num_train_timesteps", 1000))
+    if isinstance(s.steps, bool) or not isinstance(s.steps, (int, np.integer)) or not 1 <= s.steps <= T:
+        raise ValueError(f"steps must be a whole number from 1 to {T} (the model's training timesteps), "
+                         f"not {s.steps!r}; 20 to 50 is typical.")
+    if s.eta is not None and (isinstance(s.eta, bool) or not isinstance(s.eta, (int, float, np.floating))
+                              or not math.isfinite(s.eta) or s.eta < 0):
+        raise ValueError(f"eta must be a finite number >= 0 (0: DDIM without noise, 1: ancestral), or None for "
+                         f"the sampler's own, not {s.eta!r}.")
+    if not isinstance(s.schedule_params, dict) or not all(isinstance(k, str) for k in s.schedule_params):
+        raise TypeError(f"schedule_params must be a dict such as {{'rho': 7.0}}, not {s.schedule_params!r}.")
     if not isinstance(s.cfg, (int, float)) or not math.isfinite(s.cfg) or s.cfg < 0:
         raise ValueError(f"cfg (guidance scale) must be a finite number >= 0, not {s.cfg!r}; 7 is typical, 1 turns CFG off.")
     if not isinstance(s.batch_size, (int, np.integer)) or s.batch_size < 1:
@@ -108,6 +119,7 @@ def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
                        scheduler_config=config)
         return Prepared(settings=done, requested=s, sampler=spec, scheduler=scheduler)
     spec, concrete = catalog.resolve(s.sampler, s.schedule)  # the one name resolution of a run
+    catalog.check_params(spec, concrete, s.schedule_params)
     return Prepared(settings=replace(done, sampler=spec.name, schedule=concrete), requested=s, sampler=spec)
 
 
@@ -280,6 +292,7 @@ class _Tap:
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
         self.wants_x0 = options.record or (previewer is not None and previewer.target == "x0")
         self._handles: list = []
+        self._finite: list[torch.Tensor] = []  # per call, on the device: no host sync during the run
 
     # -- installation -------------------------------------------------------------------------
     def __enter__(self):
@@ -324,6 +337,7 @@ class _Tap:
     def callback(self, pipe, i, t, kwargs):
         latents = kwargs["latents"]
         self.last_latents = latents
+        self._finite.append(torch.isfinite(latents).all())
         run, plan, record = self.run, self.run.plan, self.options.record
         seconds = self.clock.mark()
         sigma = float(plan.sigma_after_call[i]) if i < plan.nfe else float("nan")
@@ -352,6 +366,13 @@ class _Tap:
         if self.stop.is_set():
             pipe._interrupt = True  # diffusers skips the remaining iterations, then decodes (PR 5867)
         return {}
+
+    def first_non_finite(self) -> int | None:
+        """The first UNet call after which the latents held NaN/inf (None if none did): one transfer."""
+        if not self._finite:
+            return None
+        bad = (~torch.stack(self._finite)).nonzero()
+        return int(bad[0]) if len(bad) else None
 
     def finish(self):
         """Step times from the CUDA events (one sync, at the end of the run)."""
@@ -398,12 +419,18 @@ def _refuse_unknown(rest: dict) -> None:
                         "scheduler, stop.")
 
 
+_BUSY = ("A run is already going on this model. Stop it (job.stop()) or wait for it (job.wait()) before "
+         "starting another; runs on one pipeline are not queued.")
+
+
 def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | None, stop: threading.Event,
-         started: Callable[[Run], Any] | None = None) -> Run:
+         started: Callable[[Run], Any] | None = None, *, locked: bool = False) -> Run:
+    """One run. ``locked``: the caller already holds ``lab._lock`` for it (generate_async takes it in the
+    caller's thread, so that two callers cannot both pass the check); it is released here either way."""
     settings = prepared.settings
-    if not lab._lock.acquire(blocking=False):
-        raise BusyError("A run is already going on this model. Stop it (job.stop()) or wait for it "
-                        "(job.wait()) before starting another; runs on one pipeline are not queued.")
+    if not locked and not lab._lock.acquire(blocking=False):
+        raise BusyError(_BUSY)
+    run = None
     try:
         scheduler = scheduler_for(lab, prepared)
         report = {"sampler": settings.sampler, "schedule": "custom" if prepared.scheduler is not None else settings.schedule,
@@ -434,12 +461,16 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            raise GenerationError(
+            error = GenerationError(
                 f"Out of memory generating {settings.batch_size} image(s) at {settings.width}x{settings.height} "
                 f"on {lab.device}. Try a smaller size or batch, preview='approx', "
                 "lab.pipe.enable_attention_slicing(), or lab.pipe.enable_model_cpu_offload(). "
-                "The model is still loaded and ready."
-            ) from exc
+                "The model is still loaded and ready.")
+            _keep_partial(run, tap, error)
+            raise error from exc
+        except BaseException as exc:  # on_step raised, or the kernel was interrupted: keep what was made
+            _keep_partial(run, tap, exc)
+            raise
         finally:
             pipe._interrupt = False
         tap.finish()
@@ -450,10 +481,22 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
             run.images = pipe.image_processor.numpy_to_pil(images)
         run.nsfw = getattr(out, "nsfw_content_detected", None)
         run.seconds = time.perf_counter() - t0
-        _check_finite(run, images)
+        _check_finite(run, images, tap.first_non_finite())
         return run
     finally:
         lab._lock.release()
+
+
+def _keep_partial(run: Run, tap: "_Tap", error: BaseException) -> None:
+    """A run that ended with an exception stays inspectable: its records, its last latents, marked failed,
+    and reachable from the exception as ``error.run``."""
+    run.error = error
+    if tap.last_latents is not None:
+        run.final_latents = tap.last_latents.detach().float().cpu()
+    try:
+        error.run = run
+    except AttributeError:  # an exception type that takes no attributes
+        pass
 
 
 def _jsonable(v):
@@ -464,15 +507,32 @@ def _jsonable(v):
     return repr(v)
 
 
-def _check_finite(run: Run, images: np.ndarray) -> None:
+def _check_finite(run: Run, images: np.ndarray, first_bad_call: int | None = None) -> None:
+    """Say where NaN/inf appeared, with advice that fits the run's dtype."""
     problem = None
+    half = run.dtype in ("float16", "bfloat16")
     if run.final_latents is not None and not torch.isfinite(run.final_latents).all():
-        problem = ("The latents contain NaN/inf: the UNet overflowed. Use dtype='float32' "
-                   "(sdlab.load(..., dtype='float32')), a lower cfg, or fewer steps at this size.")
+        where = ""
+        if first_bad_call is not None and first_bad_call < len(run.records):
+            rec = run.records[first_bad_call]
+            where = f" from step {rec.step} of {run.settings.steps} (UNet call {first_bad_call + 1}, sigma {rec.sigma})"
+        if half:
+            advice = (f"the UNet overflowed in {run.dtype}: load the model with dtype='float32', or lower cfg "
+                      f"(now {run.settings.cfg:g}).")
+        else:
+            advice = (f"in float32 this is not an overflow of half precision: check the model's weights and its "
+                      f"scheduler config (prediction_type {run.scheduler_report.get('changes', {}).get('prediction_type', ['', 'as loaded'])[-1]!s}, "
+                      f"for SD 2.x v_prediction), the sampler (try 'Euler' or 'DPM++ 2M'), and lower cfg (now {run.settings.cfg:g}).")
+        problem = f"The latents became NaN/inf{where}: {advice}"
     elif not np.isfinite(images).all():  # (an all-black image can be legitimate: the safety checker's)
-        problem = ("The decoded image contains NaN/inf (black picture): the VAE overflowed in "
-                   f"{run.dtype}. Decode in float32: lab.pipe.vae.to(torch.float32) or load with "
-                   "dtype='float32'; for SDXL use an fp16-fixed VAE (madebyollin/sdxl-vae-fp16-fix).")
+        if half:
+            problem = ("The decoded image contains NaN/inf (black picture): the VAE overflowed in "
+                       f"{run.dtype}. Decode in float32: lab.pipe.vae.to(torch.float32) or load with "
+                       "dtype='float32'; for SDXL use an fp16-fixed VAE (madebyollin/sdxl-vae-fp16-fix).")
+        else:
+            problem = ("The decoded image contains NaN/inf (black picture) though the latents are finite and the "
+                       "VAE runs in float32: the VAE's weights are likely broken; load another VAE "
+                       "(diffusers.AutoencoderKL.from_pretrained(...), then lab.pipe.vae = vae).")
     if problem is not None:
         run.problems.append(problem)
         warn(f"sdlab: {problem}", stacklevel=4)
@@ -480,16 +540,22 @@ def _check_finite(run: Run, images: np.ndarray) -> None:
 
 class Job:
     """A run in a worker thread. ``stop()`` ends it within one step; ``wait()`` returns the run or
-    re-raises the worker's exception; ``run`` is the run so far."""
+    re-raises the worker's exception; ``run`` is the run so far (marked failed if it raised).
+
+    ``done`` becomes true only after ``on_done`` has returned, so whoever checks ``job.done`` to decide
+    whether a new run may start never sees a finished job whose callback is still updating a view."""
 
     def __init__(self, lab, prepared: Prepared, options: RunOptions = RunOptions(), previewer: Previewer | None = None,
-                 on_done: Callable[["Job"], Any] | None = None):
+                 on_done: Callable[["Job"], Any] | None = None, *, locked: bool = False):
         self._on_done = on_done
+        self._locked = locked
         self._stop = threading.Event()
-        self._done = threading.Event()
+        self._ended = threading.Event()  # the run is over: result or error set (wait() returns)
+        self._done = threading.Event()  # ... and on_done has returned
         self._run: Run | None = None
         self._result: Run | None = None
         self._error: BaseException | None = None
+        self.callback_error: BaseException | None = None  # what on_done raised, if anything
         self._started = threading.Event()
         self.thread = threading.Thread(target=self._work, args=(lab, prepared, options, previewer), daemon=True,
                                        name="sdlab-generate")
@@ -500,14 +566,19 @@ class Job:
             self._started.set()
 
         try:
-            self._result = _run(lab, prepared, options, previewer, self._stop, started)
+            self._result = _run(lab, prepared, options, previewer, self._stop, started, locked=self._locked)
         except BaseException as exc:  # handed to wait(); never lost
             self._error = exc
         finally:
             self._started.set()
-            self._done.set()
-            if self._on_done is not None:
-                self._on_done(self)  # in the worker thread, after the run is complete
+            self._ended.set()
+            try:
+                if self._on_done is not None:
+                    self._on_done(self)  # in the worker thread, after the run is complete
+            except BaseException as exc:  # a view's bug must not leave the job running forever
+                self.callback_error = exc
+            finally:
+                self._done.set()
 
     def start(self) -> "Job":
         self.thread.start()
@@ -529,14 +600,14 @@ class Job:
         return self._error
 
     def wait(self, timeout: float | None = None) -> Run:
-        if not self._done.wait(timeout):
+        if not self._ended.wait(timeout):
             raise TimeoutError(f"The run is still going after {timeout} s; call job.stop() to end it.")
         if self._error is not None:
             raise self._error
         return self._result
 
     def __repr__(self) -> str:
-        state = "done" if self.done else ("stopping" if self._stop.is_set() else "running")
+        state = "done" if self._ended.is_set() else ("stopping" if self._stop.is_set() else "running")
         return f"Job({state}, {self.run!r})"
 
 
@@ -549,10 +620,15 @@ def generate_async(lab, prompt: str | Settings | Prepared | None = None, *, sche
     here, in the caller's thread, before any thread starts. Runs are refused, not queued."""
     prepared, options = _parse(lab, prompt, kwargs, scheduler)
     previewer = make_previewer(lab, options)
-    if lab._lock.locked():
-        raise BusyError("A run is already going on this model. Stop it (job.stop()) or wait for it "
-                        "(job.wait()) before starting another; runs on one pipeline are not queued.")
-    job = Job(lab, prepared, options, previewer, on_done=on_done)
-    job.start()
+    # taken here, in the caller's thread, and handed to the worker: checking and taking in one step means
+    # two threads calling at once cannot both start (one gets BusyError now, not a failure at wait())
+    if not lab._lock.acquire(blocking=False):
+        raise BusyError(_BUSY)
+    try:
+        job = Job(lab, prepared, options, previewer, on_done=on_done, locked=True)
+        job.thread.start()
+    except BaseException:
+        lab._lock.release()
+        raise
     job._started.wait()
     return job

@@ -85,6 +85,9 @@ class Run:
     nsfw: list | None = None
     preview: np.ndarray | None = None
     requested: Any = None  # the Settings as the user gave them (their spelling of the names)
+    # what ended the run early, if anything did (an exception in on_step, out of memory, an interrupt):
+    # the records up to there stay for inspection
+    error: BaseException | None = None
 
     @property
     def steps(self) -> list[StepRecord]:
@@ -104,6 +107,15 @@ class Run:
         return bool(self.images)
 
     @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    @property
+    def state(self) -> str:
+        """'failed', 'stopped', 'done' or 'running'."""
+        return "failed" if self.failed else "stopped" if self.stopped else "done" if self.done else "running"
+
+    @property
     def record_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for r in self.records
                    for t in (r.latents, r.x0, r.noise_uncond, r.noise_cond) if t is not None)
@@ -120,7 +132,6 @@ class Run:
         return format_infotext(self)
 
     def __repr__(self) -> str:
-        state = "stopped" if self.stopped else ("done" if self.done else "running")
         s = self.settings
-        return (f"Run({state}, {s.sampler} / {s.schedule}, {len(self.records)} records, NFE {self.nfe}, "
+        return (f"Run({self.state}, {s.sampler} / {s.schedule}, {len(self.records)} records, NFE {self.nfe}, "
                 f"seed {s.seed}, {s.width}x{s.height})")

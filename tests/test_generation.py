@@ -233,7 +233,7 @@ def test_exception_in_the_worker_reaches_the_caller(lab):
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"width": 65}, ValueError, "multiple of 8.*try 64 or 72"),
     ({"height": 0}, ValueError, "multiple of 8"),
-    ({"steps": 0}, ValueError, "steps must be a whole number >= 1"),
+    ({"steps": 0}, ValueError, "steps must be a whole number from 1 to 1000"),
     ({"cfg": float("nan")}, ValueError, "finite number"),
     ({"seed": -1}, ValueError, "seed must be"),
     ({"sampler": "Eulr"}, ValueError, "Unknown sampler 'Eulr'.*Closest match: 'Euler'"),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ipywidgets as W
 
-from ..generation import Job, native_size
+from ..generation import Job, native_size, prepare
 from ..previews import to_jpeg
 from ..records import Run, StepEvent
 from ..settings import Settings
@@ -48,6 +48,7 @@ class Studio(W.VBox):
         self._latest: StepEvent | None = None
         self._last_frame = 0.0
         self._t_start = 0.0
+        self._ticket = 0  # which on_generate the UI belongs to
         s = self.settings
 
         wide = W.Layout(width="98%")
@@ -118,17 +119,50 @@ class Studio(W.VBox):
             self.seed.value = self.history[-1].settings.seed
             self.seed_mode.value = "fixed"
 
-    def restore(self, settings: Settings) -> None:
-        """Put a run's settings back into the controls (and so into ``self.settings``)."""
+    def restore(self, settings: Settings) -> list[str]:
+        """Put settings back into the controls (and so into ``self.settings``): a run's, or what
+        ``sdlab.read_settings`` read from a PNG or an infotext. Settings that cannot run are refused with
+        the reason and nothing changes. Returns (and shows) what had to be adapted: a missing size becomes
+        the model's native one, and a slider whose range cannot hold a value (steps 300, CFG 35) is widened
+        to hold it, never clamped."""
+        if not isinstance(settings, Settings):
+            raise TypeError("Studio.restore takes Settings (run.settings, or sdlab.read_settings(png or infotext)), "
+                            f"not {type(settings).__name__}.")
+        said: list[str] = []
+        native = native_size(self.lab)
+        width, height = settings.width or native, settings.height or native
+        if settings.width is None or settings.height is None:
+            said.append(f"No size in these settings: using the model's native {width}x{height}.")
+        # everything checked before any control changes (the core's check: names, size, steps, cfg, ...)
+        checked = prepare(self.lab, replace(settings, width=width, height=height)).settings
+        for slider, value, label in ((self.steps, checked.steps, "Steps"), (self.cfg, checked.cfg, "CFG scale")):
+            if value > slider.max:
+                slider.max = value
+                said.append(f"{label} {value:g} is beyond the slider's range: its range now goes up to {value:g}.")
+            elif value < slider.min:
+                slider.min = value
+                said.append(f"{label} {value:g} is below the slider's range: its range now starts at {value:g}.")
         self.prompt.value, self.negative.value = settings.prompt, settings.negative_prompt
-        self.picker.value = (settings.sampler, settings.schedule)
-        self.steps.value, self.cfg.value = settings.steps, settings.cfg
-        self.width.value, self.height.value = settings.width, settings.height
+        self.picker.value = (checked.sampler, settings.schedule if settings.schedule == "automatic" else checked.schedule)
+        self.steps.value, self.cfg.value = checked.steps, checked.cfg
+        self.width.value, self.height.value = width, height
         if settings.seed is not None:
             self.seed.value = settings.seed
             self.seed_mode.value = "fixed"
-        self.settings = replace(self.settings, schedule_params=dict(settings.schedule_params), eta=settings.eta,
-                                batch_size=settings.batch_size)
+        else:
+            self.seed_mode.value = "random"
+        # the rest travels as it is: schedule parameters, eta, batch, a custom scheduler, where it came from
+        self.settings = replace(settings, sampler=self.picker.value[0], schedule=self.picker.value[1],
+                                steps=checked.steps, cfg=checked.cfg, width=width, height=height,
+                                seed=self.settings.seed)
+        self._show_error("\n".join(said) if said else None)
+        return said
+
+    def _restore_clicked(self, settings: Settings) -> None:
+        try:
+            self.restore(settings)
+        except Exception as exc:  # said in the UI; the controls keep what they had
+            self._show_error(exc)
 
     # -- actions ---------------------------------------------------------------------------------
     def on_generate(self, _=None) -> None:
@@ -141,8 +175,12 @@ class Studio(W.VBox):
         self._t_start = time.perf_counter()
         self.idle.clear()
         try:
+            # numbered before it starts: a fast run can end (and call on_done) before self.job is assigned
+            self._ticket += 1
+            ticket = self._ticket
             self.job = self.lab.generate_async(self.settings, preview=preview, preview_target=self.target.value,
-                                               preview_channels=True, on_step=self._on_step, on_done=self._on_done)
+                                               preview_channels=True, on_step=self._on_step,
+                                               on_done=lambda job: self._on_done(job, ticket))
         except Exception as exc:  # bad settings: said in the UI, nothing started
             self.idle.set()
             self._show_error(exc)
@@ -187,7 +225,9 @@ class Studio(W.VBox):
             self.progress.value = _progress(self._latest, time.perf_counter() - self._t_start)
         self._last_frame = now or time.perf_counter()
 
-    def _on_done(self, job: Job) -> None:
+    def _on_done(self, job: Job, ticket: int | None = None) -> None:
+        if ticket is not None and ticket != self._ticket:  # a run this Studio no longer shows: leave the UI
+            return
         try:
             self._flush()
             if job.error is not None:
@@ -245,7 +285,7 @@ class Studio(W.VBox):
         restore = W.Button(description="restore", layout=W.Layout(width="96px"),
                            tooltip="Put this run's settings back into the controls")
         show.on_click(lambda _: self.show(run))
-        restore.on_click(lambda _: self.restore(run.settings))
+        restore.on_click(lambda _: self._restore_clicked(run.settings))
         label = W.HTML(f"<small>{html.escape(s.sampler)}<br>{s.steps} steps, cfg {s.cfg:g}<br>seed {s.seed}"
                        f"{' (stopped)' if run.stopped else ''}</small>")
         return W.VBox([img, label, show, restore], layout=W.Layout(margin="0 6px 0 0"))
