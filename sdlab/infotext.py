@@ -104,8 +104,18 @@ def read_settings(source) -> Settings:
     A1111 infotext string. Fields sdlab does not use are kept in ``settings.extra``."""
     text, data = _texts(source)
     if data is not None:
-        raw = json.loads(data)["settings"]
-        return Settings(**{**{k: v for k, v in raw.items() if k in SETTING_NAMES}, "origin": "sdlab"})
+        try:
+            raw = json.loads(data)["settings"]
+            if not isinstance(raw, dict):
+                raise TypeError
+            return Settings(**{**{k: v for k, v in raw.items() if k in SETTING_NAMES}, "origin": "sdlab"})
+        except (ValueError, KeyError, TypeError) as exc:
+            if text is None:
+                raise ValueError(f"The image's sdlab settings (PNG text '{SDLAB_CHUNK}') are damaged and it has no "
+                                 "A1111 text to fall back on; nothing to read.") from exc
+            from .notices import notice
+
+            notice(f"sdlab: the image's sdlab settings are damaged; reading its A1111 '{A1111_CHUNK}' text instead.")
     if text is None:
         raise ValueError("No generation settings found: the image has neither sdlab's nor A1111's 'parameters' text.")
     return parse_infotext(text)
@@ -118,22 +128,44 @@ def _texts(source) -> tuple[str | None, str | None]:
         return source, None
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"No such image: {str(path)!r} (pass a PNG path, a PIL image or an infotext string).")
-        with Image.open(path) as img:
-            img.load()
-            meta = dict(img.text) if hasattr(img, "text") else dict(img.info)
+        try:
+            is_file = path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, or with a NUL: not a file
+            is_file = False
+        if not is_file:
+            shown = str(path) if len(str(path)) <= 80 else str(path)[:77] + "..."
+            raise FileNotFoundError(f"No such image: {shown!r} (pass a PNG path, a PIL image, or an A1111 "
+                                    "infotext string, which has a 'Steps: ...' line).")
+        meta = _metadata(path, str(path))
     elif isinstance(source, (bytes, bytearray)):
         import io
 
-        with Image.open(io.BytesIO(source)) as img:
-            img.load()
-            meta = dict(getattr(img, "text", img.info))
+        meta = _metadata(io.BytesIO(source), f"the {len(source)} bytes given")
     elif isinstance(source, Image.Image):
         meta = dict(getattr(source, "text", None) or source.info)
     else:
         raise TypeError(f"read_settings takes a PNG path, bytes, a PIL image or an infotext string, not {type(source).__name__}.")
     return meta.get(A1111_CHUNK), meta.get(SDLAB_CHUNK)
+
+
+def _metadata(file, name: str) -> dict:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as img:
+            img.load()
+            return dict(getattr(img, "text", None) or img.info)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"Cannot read {name} as an image ({type(exc).__name__}: {exc}). Pass a PNG saved by sdlab "
+                         "or A1111, a PIL image, or the infotext itself as a string.") from exc
+
+
+def _field(key: str, value: str, convert):
+    try:
+        return convert(value)
+    except (TypeError, ValueError, OverflowError):
+        kind = "a whole number" if convert is int else "a number"
+        raise ValueError(f"The infotext's '{key}: {value}' is not {kind}; correct or remove that field.") from None
 
 
 def parse_infotext(text: str) -> Settings:
@@ -159,7 +191,7 @@ def parse_infotext(text: str) -> Settings:
     schedule_from_sampler = None
     for key, value in values.items():
         if key == "Steps":
-            settings["steps"] = int(value)
+            settings["steps"] = _field(key, value, int)
         elif key == "Sampler":
             try:
                 spec, legacy = parse_sampler(value)
@@ -174,16 +206,16 @@ def parse_infotext(text: str) -> Settings:
                 settings["schedule"] = value
                 extra[key] = value
         elif key == "CFG scale":
-            settings["cfg"] = float(value)
+            settings["cfg"] = _field(key, value, float)
         elif key == "Seed":
-            settings["seed"] = int(value)
+            settings["seed"] = _field(key, value, int)
         elif key == "Size" and _RE_SIZE.match(value):
             w, h = _RE_SIZE.match(value).groups()
             settings["width"], settings["height"] = int(w), int(h)
         elif key == "Batch size":
-            settings["batch_size"] = int(value)
+            settings["batch_size"] = _field(key, value, int)
         elif key == "Eta":
-            settings["eta"] = float(value)
+            settings["eta"] = _field(key, value, float)
         elif _schedule_param(key) is not None and _number(value) is not None:
             schedule_params[_schedule_param(key)] = _number(value)
         else:

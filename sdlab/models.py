@@ -314,7 +314,15 @@ def load(model: str | os.PathLike | None = None, *, device: str = "auto", dtype:
             lab = _load_source(TOY, dev, dt, None, False, offline, {}, announce=False)
             lab.requested = requested
             return lab
-    return _load_source(os.fspath(model), dev, dt, variant, allow_pickle, offline, pipeline_kwargs)
+    return _load_source(_source_text(model, "load"), dev, dt, variant, allow_pickle, offline, pipeline_kwargs)
+
+
+def _source_text(model, what: str) -> str:
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"sdlab.{what} takes a model as a string or path: a hub id, a folder, a .safetensors file, "
+                        f"'toy' or 'tiny'{' (or a Lab handle, or None for all)' if what == 'unload' else ''}, "
+                        f"not {type(model).__name__} ({model!r}).")
+    return os.fspath(model)
 
 
 def _load_source(model: str, dev: torch.device, dt: torch.dtype, variant: str | None, allow_pickle: bool,
@@ -528,8 +536,14 @@ def unload(which: Lab | str | None = None) -> UnloadReport:
             if not victims and which.is_loaded:  # a handle evicted from the registry but still holding weights
                 victims = [(None, which)]
         else:
-            _, source = classify_source(os.fspath(which), allow_pickle=True)
-            victims = [(k, v) for k, v in _RESIDENT.items() if v.source == source]
+            text = _source_text(which, "unload")
+            victims = [(k, v) for k, v in _RESIDENT.items() if v.source == text or v.requested == text]
+            if not victims:
+                try:
+                    _, source = classify_source(text, allow_pickle=True)
+                except LoadError:
+                    source = None
+                victims = [(k, v) for k, v in _RESIDENT.items() if v.source == source]
         freed = []
         for key, lab in victims:
             if lab.is_loaded:

@@ -1,13 +1,43 @@
 """What a model will make of a prompt, said before the run: words it ignores.
 
-``prompt_problems(lab, settings)`` returns sentences for ``run.problems``; generation shows each as a
-notice. For the toy model: words outside its vocabulary, which its text encoder ignores.
+``prompt_problems(lab, prompt, negative_prompt)`` returns sentences for ``run.problems``; generation shows
+each as a notice. Two cases:
+
+- Words past the text encoder's window. CLIP reads 77 tokens (75 plus start and end); diffusers'
+  ``encode_prompt`` cuts the rest and only logs it (pipelines/stable_diffusion/pipeline_stable_diffusion.py).
+  sdlab keeps diffusers' behaviour, so that a run stays identical to a plain ``pipe(...)`` call, and names
+  the dropped words. A1111 instead encodes long prompts in chunks of 75 tokens and concatenates them
+  (modules/sd_hijack_clip.py), so for such prompts its picture differs: said in the same sentence.
+- For the toy model: words outside its vocabulary, which its text encoder ignores.
 """
 from __future__ import annotations
 
 
+def truncated(tokenizer, text: str) -> tuple[int, str] | None:
+    """(the prompt's length in tokens, the text of the tokens the encoder will not see), or None when it
+    fits. Counted with the model's own tokenizer, start and end tokens included."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if not text or not limit or limit > 100_000:  # no limit (transformers' VERY_LARGE_INTEGER)
+        return None
+    ids = tokenizer(text, truncation=False, verbose=False).input_ids
+    if len(ids) <= limit:
+        return None
+    dropped = tokenizer.decode(ids[limit - 1:-1], skip_special_tokens=True).strip()
+    return len(ids), dropped if len(dropped) <= 200 else f"{dropped[:90]} ... {dropped[-90:]}"
+
+
 def prompt_problems(lab, prompt: str, negative_prompt: str = "") -> list[str]:
     problems: list[str] = []
+    tokenizer = getattr(getattr(lab, "pipe", None), "tokenizer", None)
+    if tokenizer is not None:
+        for field, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
+            cut = truncated(tokenizer, text)
+            if cut is not None:
+                length, dropped = cut
+                problems.append(
+                    f"The {field} is {length} tokens and the text encoder reads {tokenizer.model_max_length}: "
+                    f"these words are dropped: {dropped!r}. Shorten it or put what matters first (A1111 would "
+                    f"encode it in chunks of 75 tokens instead, so its picture differs).")
     if getattr(lab, "kind", None) == "toy":
         from .toy.data import unknown_words, vocabulary
 

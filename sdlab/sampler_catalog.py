@@ -385,12 +385,32 @@ def make_scheduler(config_or_scheduler, sampler: str, schedule: str = S.AUTOMATI
     return build_scheduler(base, spec, concrete, family=family or lab_family or "sd1", seed=seed, **params)
 
 
+def check_params(spec: Sampler, concrete: str, params: Mapping[str, Any]) -> None:
+    """Refuse parameters that neither the schedule nor the sampler's scheduler class takes, and schedule
+    parameters that are not finite numbers, naming what is accepted."""
+    st = S.SCHEDULES.get(concrete)
+    own = dict(st.params) if st is not None else {}
+    init = set(inspect.signature(_scheduler_class(spec.scheduler_class).__init__).parameters) - {"self", "kwargs"}
+    unknown = sorted(k for k in params if k not in own and k not in init)
+    if unknown:
+        takes = f"the {concrete!r} schedule takes {', '.join(own) or 'no parameters'}"
+        raise ValueError(f"schedule_params {unknown} are not parameters of this run: {takes}, and "
+                         f"{spec.scheduler_class} takes the options {', '.join(sorted(init))}.")
+    for key in own:
+        value = params.get(key, own[key])
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(value) or value <= 0:
+            raise ValueError(f"The {concrete!r} schedule's {key} must be a finite number > 0 (default {own[key]}), "
+                             f"not {value!r}.")
+
+
 def build_scheduler(base: Mapping, spec: Sampler, concrete: str, *, family: str = "sd1", seed: int | None = None,
                     **params: Any):
     """``make_scheduler`` for a sampler and schedule already resolved (a catalog entry and a concrete
     schedule name): nothing is looked up by name again. ``seed`` seeds a scheduler's own noise
     (DPM++ SDE's Brownian tree), as A1111 seeds it with the image seed."""
     base = dict(base)
+    check_params(spec, concrete, params)
     cls = _scheduler_class(spec.scheduler_class)
     init = inspect.signature(cls.__init__).parameters
     st = S.SCHEDULES.get(concrete)

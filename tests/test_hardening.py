@@ -1,0 +1,280 @@
+"""What users type and click, and the faults they cause: each found problem with its regression test."""
+from __future__ import annotations
+
+import _thread
+import threading
+import time
+
+import pytest
+import torch
+
+import sdlab
+from sdlab.generation import BusyError
+
+
+def _wait_idle(studio, timeout=60):
+    assert studio.idle.wait(timeout), "the Studio did not come back to idle"
+
+
+# --- 1. a job is done only after its on_done has run -------------------------------------------------------
+def test_job_is_not_done_while_on_done_runs_and_wait_does_not_deadlock(lab):
+    seen = {}
+
+    def on_done(job):
+        seen["run"] = job.wait(timeout=5)  # the result is there already: no deadlock
+        seen["done_inside"] = job.done
+        time.sleep(0.3)
+
+    job = lab.generate_async("x", steps=2, seed=1, width=32, height=32, on_done=on_done)
+    job.wait(timeout=30)
+    assert not job.done or "done_inside" in seen  # wait() returns once the run is over...
+    deadline = time.time() + 10
+    while not job.done and time.time() < deadline:
+        time.sleep(0.01)
+    assert job.done and seen["done_inside"] is False and seen["run"] is job.run  # ...done only after on_done
+
+
+def test_a_view_callback_that_raises_does_not_leave_the_job_running(lab):
+    def on_done(job):
+        raise RuntimeError("a bug in a view")
+
+    job = lab.generate_async("x", steps=2, seed=1, width=32, height=32, on_done=on_done)
+    job.wait(timeout=30)
+    deadline = time.time() + 10
+    while not job.done and time.time() < deadline:
+        time.sleep(0.01)
+    assert job.done and isinstance(job.callback_error, RuntimeError)
+    assert lab.generate("x", steps=1, seed=1, width=32, height=32).done
+
+
+def test_studio_ignores_the_end_of_a_run_it_no_longer_shows(lab, tmp_path):
+    studio = sdlab.Studio(lab, output_dir=tmp_path, steps=2, width=32, height=32)
+    studio.on_generate()
+    _wait_idle(studio)
+    old = studio.job
+    studio.on_generate()  # a new run; then the old run's on_done arrives late
+    studio._on_done(old, studio._ticket - 1)
+    assert studio.generate_button.disabled or studio.idle.is_set()  # the late call changed nothing
+    _wait_idle(studio)
+    assert studio.generate_button.disabled is False and studio.stop_button.disabled is True
+    assert len(studio.history) == 2
+
+
+def test_generate_clicked_while_the_last_run_finishes_is_refused_not_lost(lab, tmp_path):
+    studio = sdlab.Studio(lab, output_dir=tmp_path, steps=2, width=32, height=32)
+    gate = threading.Event()
+    original = studio._on_done
+
+    def slow_on_done(job, ticket=None):
+        gate.wait(5)
+        original(job, ticket)
+
+    studio._on_done = slow_on_done
+    studio.on_generate()
+    studio.job.wait(timeout=30)  # the run is over, its on_done is still going
+    studio.on_generate()         # clicked in that window
+    assert "already going" in studio.error.value
+    gate.set()
+    _wait_idle(studio)
+    assert studio.generate_button.disabled is False and len(studio.history) == 1
+
+
+# --- 2. restoring what sdlab reads -----------------------------------------------------------------------
+def test_restore_settings_without_a_size_and_beyond_the_sliders(lab, tmp_path):
+    studio = sdlab.Studio(lab, output_dir=tmp_path)
+    settings = sdlab.read_settings("a castle\nSteps: 300, Sampler: Euler, CFG scale: 35, Seed: 7")
+    said = studio.restore(settings)
+    native = sdlab.generation.native_size(lab)
+    assert (studio.settings.width, studio.settings.height) == (native, native)
+    assert (studio.settings.steps, studio.settings.cfg, studio.settings.seed) == (300, 35.0, 7)
+    assert studio.steps.value == 300 and studio.cfg.value == 35.0  # widened, not clamped
+    assert any("native" in s for s in said) and any("Steps 300" in s for s in said) and any("CFG" in s for s in said)
+    assert "native" in studio.error.value
+    odd = sdlab.read_settings("x\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512")
+    assert studio.restore(odd) and studio.settings.width == native
+
+
+def test_restore_keeps_what_the_controls_do_not_show(lab, tmp_path):
+    studio = sdlab.Studio(lab, output_dir=tmp_path)
+    run = lab.generate("x", sampler="Euler", schedule="karras", schedule_params={"rho": 5.0}, steps=3, seed=2, width=32, height=32,
+                       batch_size=2)
+    assert studio.restore(run.settings) == []
+    assert studio.settings == run.settings
+
+
+def test_restore_refuses_settings_that_cannot_run_and_changes_nothing(lab, tmp_path):
+    studio = sdlab.Studio(lab, output_dir=tmp_path)
+    before = studio.settings
+    bad = sdlab.read_settings("x\nSteps: 4, Sampler: Euler, Schedule type: Turbo Wobble, CFG scale: 7, Seed: 1, "
+                              "Size: 64x64")
+    with pytest.raises(ValueError, match="Turbo Wobble"):
+        studio.restore(bad)
+    assert studio.settings == before
+    studio._restore_clicked(bad)  # from the history's button: said in the UI
+    assert "Turbo Wobble" in studio.error.value and studio.settings == before
+    with pytest.raises(TypeError, match="Settings"):
+        studio.restore({"steps": 3})
+
+
+# --- 3. two threads, one model ----------------------------------------------------------------------------
+def test_generate_async_from_many_threads_starts_exactly_one(lab):
+    barrier, results = threading.Barrier(6), []
+
+    def call():
+        barrier.wait()
+        try:
+            results.append(lab.generate_async("x", steps=3, seed=1, width=32, height=32))
+        except BusyError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    jobs = [r for r in results if not isinstance(r, BusyError)]
+    assert len(results) == 6 and len(jobs) == 1
+    assert jobs[0].wait(timeout=30).done
+
+
+# --- 4. an exception inside on_step keeps the partial run, marked failed --------------------------------
+def _raise_at(step):
+    def on_step(event):
+        if event.record.nfe == step:
+            raise ValueError("my callback broke")
+    return on_step
+
+
+def test_sync_run_that_raises_in_on_step_stays_inspectable(lab):
+    with pytest.raises(ValueError, match="my callback broke") as caught:
+        lab.generate("x", steps=5, seed=1, width=32, height=32, on_step=_raise_at(3))
+    run = caught.value.run
+    assert run.failed and run.state == "failed" and "failed" in repr(run)
+    assert len(run.records) == 3 and run.final_latents is not None and run.image is None
+    assert lab.generate("x", steps=2, seed=1, width=32, height=32).done  # the lab is free
+
+
+def test_async_job_that_raises_in_on_step_shows_failed(lab):
+    job = lab.generate_async("x", steps=5, seed=1, width=32, height=32, on_step=_raise_at(2))
+    with pytest.raises(ValueError):
+        job.wait(timeout=30)
+    assert job.run.state == "failed" and len(job.run.records) == 2 and "failed" in repr(job)
+
+
+# --- 5. NaN: where, and advice for the dtype -------------------------------------------------------------
+def test_nan_latents_say_the_step_and_fit_the_dtype(lab):
+    calls = {"n": 0}
+
+    def poison(module, args, output):
+        calls["n"] += 1
+        if calls["n"] >= 3:  # from the third UNet call on
+            sample = output[0] if isinstance(output, tuple) else output.sample
+            sample.fill_(float("nan"))
+        return output
+
+    handle = lab.pipe.unet.register_forward_hook(poison)
+    try:
+        with pytest.warns(sdlab.SdlabWarning):
+            run = lab.generate("x", sampler="Euler", steps=5, seed=1, width=32, height=32)
+    finally:
+        handle.remove()
+    problem = run.problems[-1]
+    assert "from step 3 of 5" in problem
+    assert "dtype='float32'" not in problem and "float32" in problem  # the model already is float32
+
+
+# --- 6. prompts longer than the text encoder's window ---------------------------------------------------
+def test_truncated_prompt_and_negative_prompt_are_said_every_time(lab):
+    long = "a photo of a lighthouse, " * 12 + "purple dragon"
+    for _ in range(2):  # diffusers logs it once at most; sdlab says it every run
+        with pytest.warns(sdlab.SdlabNotice, match="dropped"):
+            run = lab.generate(long, negative_prompt="blurry, " * 40 + "watermark", steps=1, seed=1,
+                               width=32, height=32)
+        assert sum("dropped" in p for p in run.problems) == 2
+        assert any("purple dragon" in p and "The prompt" in p for p in run.problems)
+        assert any("watermark" in p and "The negative prompt" in p for p in run.problems)
+    assert lab.generate("a short prompt", steps=1, seed=1, width=32, height=32).problems == []
+
+
+# --- faults: the kernel interrupted ---------------------------------------------------------------------
+def test_keyboard_interrupt_during_a_synchronous_run_leaves_the_lab_working(lab):
+    def interrupt(event):
+        if event.record.nfe == 2:
+            raise KeyboardInterrupt  # what the kernel raises in its main thread, here mid-run
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        lab.generate("x", steps=5, seed=1, width=32, height=32, on_step=interrupt)
+    assert caught.value.run.failed and len(caught.value.run.records) == 2
+    assert not lab._lock.locked() and lab.pipe._interrupt is False
+    hooks = len(lab.pipe.unet._forward_hooks) + len(lab.pipe.unet._forward_pre_hooks)
+    assert hooks == 0  # the taps are gone
+    again = lab.generate("x", steps=3, seed=4, width=32, height=32)
+    assert again.image.tobytes() == lab.generate("x", steps=3, seed=4, width=32, height=32).image.tobytes()
+
+
+def test_keyboard_interrupt_in_the_kernel_during_a_studio_run(lab, tmp_path):
+    studio = sdlab.Studio(lab, output_dir=tmp_path, steps=30, width=32, height=32)
+    studio.on_generate()
+    with pytest.raises(KeyboardInterrupt):
+        _thread.interrupt_main()  # the kernel's interrupt, while the main thread waits on the run
+        for _ in range(200):
+            time.sleep(0.01)
+    _wait_idle(studio)  # the worker was not stuck
+    assert studio.job.done and studio.generate_button.disabled is False
+    studio.on_generate()
+    _wait_idle(studio)
+    assert len(studio.history) == 2 and studio.history[-1].done
+    assert torch.equal(lab.generate("x", steps=2, seed=1, width=32, height=32).final_latents,
+                       lab.generate("x", steps=2, seed=1, width=32, height=32).final_latents)
+
+
+# --- every entry point: an sdlab sentence naming the argument, file or field ------------------------------
+@pytest.mark.parametrize("call, error, match", [
+    (lambda lab: sdlab.load(123), TypeError, "sdlab.load takes a model as a string or path"),
+    (lambda lab: sdlab.unload(42), TypeError, "sdlab.unload takes a model"),
+    (lambda lab: lab.set_sampler(None), ValueError, "named by a string"),
+    (lambda lab: sdlab.make_scheduler(lab, "Euler", "karras", rho="x"), ValueError, "rho must be a finite number > 0"),
+    (lambda lab: sdlab.make_scheduler(None, "Euler"), TypeError, "make_scheduler takes"),
+    (lambda lab: lab.generate("x", eta="a"), ValueError, "eta must be a finite number"),
+    (lambda lab: lab.generate("x", schedule_params="rho=3"), TypeError, "schedule_params must be a dict"),
+    (lambda lab: lab.generate("x", sampler="Euler", schedule="karras", schedule_params={"rho": -1}), ValueError,
+     "rho must be a finite number > 0"),
+    (lambda lab: lab.generate("x", schedule_params={"zzz": 1}), ValueError, r"schedule_params \['zzz'\]"),
+    (lambda lab: lab.generate(123), TypeError, "prompt must be a string, not int"),
+    (lambda lab: lab.generate("x", steps=5000), ValueError, "from 1 to 1000"),
+    (lambda lab: sdlab.read_settings(b"garbage"), ValueError, "Cannot read the 7 bytes given as an image"),
+    (lambda lab: sdlab.read_settings("x\nSteps: many, Sampler: Euler, CFG scale: 7, Seed: 1"), ValueError,
+     "'Steps: many' is not a whole number"),
+    (lambda lab: sdlab.read_settings("x\nSteps: 20, Sampler: Euler, CFG scale: high, Seed: 1"), ValueError,
+     "'CFG scale: high' is not a number"),
+])
+def test_entry_points_say_what_is_wrong(lab, call, error, match):
+    with pytest.raises(error, match=match):
+        call(lab)
+
+
+def test_a_none_negative_prompt_is_no_negative_prompt(lab):
+    a = lab.generate("x", negative_prompt=None, steps=2, seed=1, width=32, height=32)
+    b = lab.generate("x", negative_prompt="", steps=2, seed=1, width=32, height=32)
+    assert a.image.tobytes() == b.image.tobytes()
+
+
+def test_damaged_sdlab_settings_fall_back_to_the_a1111_text(lab, tmp_path):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    run = lab.generate("a castle", sampler="Euler", steps=3, seed=8, width=32, height=32)
+    info = PngInfo()
+    info.add_text("parameters", run.infotext())
+    info.add_text("sdlab", '{"settings": {"steps": 3,')  # cut off
+    path = tmp_path / "damaged.png"
+    run.image.save(path, pnginfo=info)
+    with pytest.warns(sdlab.SdlabNotice, match="damaged"):
+        settings = sdlab.read_settings(path)
+    assert (settings.prompt, settings.steps, settings.seed, settings.sampler) == ("a castle", 3, 8, "Euler")
+    only = tmp_path / "only.png"
+    info = PngInfo()
+    info.add_text("sdlab", "not json")
+    run.image.save(only, pnginfo=info)
+    with pytest.raises(ValueError, match="damaged and it has no A1111 text"):
+        sdlab.read_settings(only)
