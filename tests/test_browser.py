@@ -4,7 +4,8 @@ Uses Debian's chromium (`make browser` installs it; never a browser download). S
 free local port with a notebook that shows a Studio on the teaching model and one on the tiny model,
 runs it, clicks Generate, watches the image change and the progress line reach N/N, reads the final
 frame back from the page and checks it is one of the teaching model's pictures with the prompt's
-attributes, stops a long run, and checks no cell failed.
+attributes, stops a long run, checks no cell failed, then restarts the kernel in the middle of a run and
+checks that a new Studio works.
 """
 from __future__ import annotations
 
@@ -203,6 +204,29 @@ def test_studio_in_jupyterlab(jupyterlab):
             outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
             assert not any("Traceback" in text or "Error" in text for text in outputs), outputs
             assert all(not t.strip() for t in page.locator(".sdlab-error").all_inner_texts())
+
+            # the kernel restarted in the middle of a run: a new Studio works afterwards
+            second.locator("button:has-text('Generate')").click()
+            deadline = time.time() + 60
+            while "step" not in long_progress.inner_text() or "step 1/" in long_progress.inner_text():
+                assert time.time() < deadline, long_progress.inner_text()
+                time.sleep(0.05)
+            page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
+            page.keyboard.press("Escape")
+            page.keyboard.press("0")
+            page.keyboard.press("0")  # JupyterLab's "restart kernel" shortcut, then its confirmation dialog
+            page.locator(".jp-Dialog button.jp-mod-accept").click(timeout=30_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+            time.sleep(1)
+            for k in range(2):
+                _run_cell(page, cells.nth(k))
+            fresh = cells.nth(1)
+            fresh.locator("button:has-text('Generate')").wait_for(timeout=120_000)
+            fresh.locator("button:has-text('Generate')").click()
+            _wait_text(fresh.locator(".sdlab-progress"), "done", 120)
+            assert "step 12/12" in fresh.locator(".sdlab-progress").inner_text()
+            assert not fresh.locator(".sdlab-error").inner_text().strip()
+            page.screenshot(path=str(folder / "studio-after-restart.png"), full_page=True)
         finally:
             browser.close()
     if os.environ.get("SDLAB_KEEP_SCREENSHOTS"):
