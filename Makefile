@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.sdlab-installed
 
-.PHONY: setup lab test kernel browser clean
+.PHONY: setup lab test bench kernel browser clean
 
 # k-diffusion (what A1111 and ComfyUI run) is the tests' independent reference for the samplers. Its
 # declared requirements pull a second, CUDA build of torch, wandb and training code; the samplers in
@@ -51,6 +51,10 @@ lab: $(STAMP)
 
 test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# sdlab's performance claims as ratios measured in one run; writes docs/benchmarks.md
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -7,8 +7,11 @@ next to nothing. So:
 - ``approx`` runs every step: a 4x3 matrix product on the device, then only the small uint8 RGB image
   (3 x h/8 x w/8) is copied to the host. That copy is the one host-device sync a preview costs, and it
   reads exactly what is shown.
-- ``taesd`` and ``vae`` are throttled by time (``Previewer.min_interval``): a step that comes sooner
-  than that after the last decode is not decoded at all (no queue builds up), except the last step.
+- ``taesd`` and ``vae`` are throttled by a time budget: their decodes may take at most ``budget`` of the
+  run's time so far (4 % and 7 %), and come at least ``min_interval`` apart. Before the first decode its cost
+  is estimated from the measured step time and the FLOP ratio above (TAESD 0.1 x a step, the VAE 1.6 x);
+  after it, the measured cost is used. A step that is not due is not decoded at all (no queue builds up).
+  So a short, fast run may show no expensive frame at all: its final picture comes with the run.
 Decoders return HxWx3 uint8 numpy arrays; ``to_jpeg`` encodes one for a widget.
 """
 from __future__ import annotations
@@ -35,6 +38,10 @@ APPROX_SDXL = [[0.3448, 0.4168, 0.4395], [-0.1953, -0.0290, 0.0250], [0.1074, 0.
 TAESD_REPOS = {"sd1": "madebyollin/taesd", "sd2": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
 # Default minimum seconds between two decodes, per decoder (A1111 refreshes every 1000 ms by default).
 MIN_INTERVAL = {"approx": 0.0, "taesd": 0.2, "vae": 1.0}
+# Share of the run's time the throttled decoders may take, and their cost per decode in UNet steps (with
+# CFG) before the first one is measured: the FLOP ratios in the module docstring.
+BUDGET = {"approx": None, "taesd": 0.04, "vae": 0.07}
+COST_IN_STEPS = {"approx": 0.0, "taesd": 0.1, "vae": 1.6}
 
 
 class PreviewUnavailable(RuntimeError):
@@ -138,9 +145,14 @@ class Previewer:
     vae: object | None = None  # pipeline VAE (for 'vae') or AutoencoderTiny (for 'taesd')
     min_interval: float | None = None
     channels: bool = False  # the caller also wants the latent channels of each previewed step
+    budget: float | None = None  # the most of the run's time decodes may take (None: every step, for approx)
     decoded: int = 0
     skipped: int = 0
+    spent: float = 0.0  # seconds spent decoding
     _last: float = field(default=-1e9, repr=False)
+    _start: float | None = field(default=None, repr=False)
+    _calls: int = field(default=0, repr=False)
+    _cost: float | None = field(default=None, repr=False)  # the last decode's measured seconds
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -149,16 +161,33 @@ class Previewer:
             raise ValueError(f"Unknown preview target {self.target!r}; choose 'x0' (predicted clean image) or 'xt'.")
         if self.min_interval is None:
             self.min_interval = MIN_INTERVAL[self.decoder]
+        if self.budget is None:
+            self.budget = BUDGET[self.decoder]
 
-    def due(self, last_step: bool) -> bool:
-        return last_step or time.perf_counter() - self._last >= self.min_interval
+    def due(self, last_step: bool = False, now: float | None = None) -> bool:
+        """Whether to decode at this call. ``last_step`` forces it for the budget-free approx preview."""
+        now = time.perf_counter() if now is None else now
+        self._calls += 1
+        if self._start is None:
+            self._start = now
+        if self.budget is None:
+            return last_step or now - self._last >= self.min_interval
+        if now - self._last < self.min_interval or self._calls < 2:
+            return False  # (the first call gives no step time to estimate the cost from)
+        elapsed = now - self._start
+        cost = self._cost if self._cost is not None else COST_IN_STEPS[self.decoder] * elapsed / (self._calls - 1)
+        return self.spent + cost <= self.budget * (elapsed + cost)
 
     def __call__(self, latents: torch.Tensor, *, last_step: bool = False) -> np.ndarray | None:
-        if not self.due(last_step):
+        now = time.perf_counter()
+        if not self.due(last_step, now):
             self.skipped += 1
             return None
-        self._last = time.perf_counter()
+        self._last = now
         self.decoded += 1
         if self.decoder == "approx":
             return approx_rgb(latents, self.family)
-        return vae_rgb(self.vae, latents)
+        rgb = vae_rgb(self.vae, latents)
+        self._cost = time.perf_counter() - now
+        self.spent += self._cost
+        return rgb

@@ -34,20 +34,31 @@ def test_jpeg_frame_of_512px_is_small():
     assert max(Image.open(io.BytesIO(big)).size) == 512
 
 
-def test_previewer_throttles_by_time(monkeypatch):
+def test_previewer_throttles_by_a_time_budget(monkeypatch):
+    """Decodes take at most `budget` of the run's time; before the first, the cost is estimated from the
+    step time (the VAE at 1.6 steps), after it the measured cost counts."""
     clock = [100.0]
     monkeypatch.setattr(previews.time, "perf_counter", lambda: clock[0])
-    p = previews.Previewer(decoder="vae", vae=None, min_interval=1.0)
-    p.__dict__["_decode"] = None
-    monkeypatch.setattr(previews, "vae_rgb", lambda vae, lat: np.zeros((8, 8, 3), np.uint8))
+
+    def decode(vae, lat):  # a decode that takes 0.5 s
+        clock[0] += 0.5
+        return np.zeros((8, 8, 3), np.uint8)
+
+    monkeypatch.setattr(previews, "vae_rgb", decode)
+    p = previews.Previewer(decoder="vae", vae=None, min_interval=1.0, budget=0.1)
     lat = torch.zeros(4, 1, 1)
-    assert p(lat) is not None          # first one decodes
-    clock[0] += 0.5
-    assert p(lat) is None              # too soon
-    assert p(lat, last_step=True) is not None  # the last step always shows
-    clock[0] += 1.5
-    assert p(lat) is not None
-    assert (p.decoded, p.skipped) == (3, 1)
+    shown = []
+    for step in range(200):  # steps of 1 s
+        shown.append(p(lat) is not None)
+        clock[0] += 1.0
+    assert not shown[0]                             # no step time known yet
+    first = shown.index(True)
+    assert first == 15                              # 1.6 s estimated: 1.6 <= 10 % of (15 s + 1.6 s)
+    assert p.spent == 0.5 * p.decoded and p.spent <= 0.1 * (clock[0] - 100.0)
+    assert p.decoded >= 0.1 * 200 / 0.5 * 0.8       # and it uses most of its budget
+    assert all(b - a >= 1 for a, b in zip([i for i, s in enumerate(shown) if s], [i for i, s in enumerate(shown) if s][1:]))
+    approx = previews.Previewer(decoder="approx")
+    assert all(approx.due() for _ in range(5))      # approx: every step, no budget
 
 
 def test_bad_decoder_or_target():
