@@ -393,9 +393,9 @@ def check_params(spec: Sampler, concrete: str, params: Mapping[str, Any]) -> Non
     init = set(inspect.signature(_scheduler_class(spec.scheduler_class).__init__).parameters) - {"self", "kwargs"}
     unknown = sorted(k for k in params if k not in own and k not in init)
     if unknown:
-        takes = f"the {concrete!r} schedule takes {', '.join(own) or 'no parameters'}"
-        raise ValueError(f"schedule_params {unknown} are not parameters of this run: {takes}, and "
-                         f"{spec.scheduler_class} takes the options {', '.join(sorted(init))}.")
+        raise ValueError(f"{unknown} are neither parameters of the {concrete!r} schedule (it takes "
+                         f"{', '.join(own) or 'none'}) nor options of {spec.scheduler_class} (it takes "
+                         f"{', '.join(sorted(init))}).")
     for key in own:
         value = params.get(key, own[key])
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
@@ -415,10 +415,6 @@ def build_scheduler(base: Mapping, spec: Sampler, concrete: str, *, family: str 
     init = inspect.signature(cls.__init__).parameters
     st = S.SCHEDULES.get(concrete)
     sched_params = {k: params.pop(k) for k in list(params) if st is not None and k in st.params}
-    unknown = [k for k in params if k not in init]
-    if unknown:
-        valid = sorted(set(init) - {"self", "kwargs"})
-        raise ValueError(f"{spec.scheduler_class} has no option(s) {unknown}. Its options: {', '.join(valid)}.")
 
     # Known pitfalls, set explicitly whatever the previous scheduler had (see the module docstring); then
     # the entry's own options, which may differ on purpose (UniPC's final sigma).

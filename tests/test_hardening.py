@@ -239,7 +239,7 @@ def test_keyboard_interrupt_in_the_kernel_during_a_studio_run(lab, tmp_path):
     (lambda lab: lab.generate("x", schedule_params="rho=3"), TypeError, "schedule_params must be a dict"),
     (lambda lab: lab.generate("x", sampler="Euler", schedule="karras", schedule_params={"rho": -1}), ValueError,
      "rho must be a finite number > 0"),
-    (lambda lab: lab.generate("x", schedule_params={"zzz": 1}), ValueError, r"schedule_params \['zzz'\]"),
+    (lambda lab: lab.generate("x", schedule_params={"zzz": 1}), ValueError, r"\['zzz'\] are neither parameters of the"),
     (lambda lab: lab.generate(123), TypeError, "prompt must be a string, not int"),
     (lambda lab: lab.generate("x", steps=5000), ValueError, "from 1 to 1000"),
     (lambda lab: sdlab.read_settings(b"garbage"), ValueError, "Cannot read the 7 bytes given as an image"),

@@ -61,7 +61,7 @@ def test_impossible_combinations_say_what_is_supported(lab):
         sdlab.make_scheduler(lab, "Euler", "vp")
     with pytest.raises(ValueError, match="already names the 'karras' schedule"):
         sdlab.make_scheduler(lab, "DPM++ 2M Karras", "exponential")
-    with pytest.raises(ValueError, match="has no option.*'solver_ordr'"):
+    with pytest.raises(ValueError, match=r"\['solver_ordr'\] are neither parameters"):
         sdlab.make_scheduler(lab, "DPM++ 2M", solver_ordr=3)
     with pytest.raises(ValueError, match="Unknown schedule"):
         sdlab.make_scheduler(lab, "Euler", "karass")
