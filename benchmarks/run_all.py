@@ -243,6 +243,54 @@ def memory(folder: Path) -> None:
     row("6. resident memory growth over 5 load/unload cycles", f"{growth:+.1f} MB", "<= 50 MB", growth <= 50)
 
 
+# --- 7: sweeps on a Dask cluster --------------------------------------------------------------------------
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def sweep_scaling(folder: Path, repeat: int) -> None:
+    """A 16-cell sweep of a CPU-bound model on 1 and on 2 Dask worker processes (one thread each), and the
+    same sweep run locally on one thread: the speed-up, and the cluster path's overhead per cell."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        row("7. 16-cell sweep on Dask, 2 workers vs 1", "not run: pip install 'sdlab[dask]'", "> 1.6x", None)
+        return
+    lab = sdlab.load(str(folder))
+    lab.pipe.set_progress_bar_config(disable=True)
+    grid = dict(x="seed", x_values=list(range(8)), y="cfg", y_values=[4.0, 8.0], prompt="x", steps=6,
+                width=128, height=128, sampler="Euler")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sdlab.sweep(lab, **{**grid, "x_values": [0]})
+        t = time.perf_counter()
+        for _ in range(repeat):
+            sdlab.sweep(lab, **grid)
+        local = (time.perf_counter() - t) / repeat
+        step_ms = local / 16 / 6 * 1000
+    finally:
+        torch.set_num_threads(threads)
+    times = {}
+    for n in (1, 2):
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            client.run(_one_thread)
+            sdlab.sweep(lab, executor=client, progress=False, **{**grid, "x_values": list(range(n))})  # loads
+            runs = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                result = sdlab.sweep(lab, executor=client, progress=False, **grid)
+                runs.append(time.perf_counter() - t)
+                assert result.errors == {} and result.finished == 16
+            times[n] = statistics.median(runs)
+    speedup = times[1] / times[2]
+    row("7. 16-cell sweep on Dask, 2 worker processes vs 1 (1 thread each)",
+        f"{speedup:.2f}x ({times[1]:.1f} s vs {times[2]:.1f} s; step {step_ms:.0f} ms)", "> 1.6x", speedup > 1.6)
+    row("7. the cluster path's overhead per cell (1 worker vs local, 1 thread)",
+        f"{(times[1] - local) / 16 * 1000:+.0f} ms a cell ({local / 16:.2f} s a cell locally)", "", None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
@@ -263,7 +311,7 @@ def main() -> None:
         mid = sdlab.load(str(folder))
         params = sum(p.numel() for p in mid.pipe.unet.parameters()) / 1e6
         models = (f"Models: 'mid' = SD 1.x layout, random weights, UNet {params:.0f} M parameters, 256 px (32x32 "
-                  f"latents), CPU float32; 'tiny' = the tests' model; 'toy' = the teaching model.")
+                  f"latents; 128 px in the sweep), CPU float32; 'tiny' = the tests' model; 'toy' = the teaching model.")
         print(models)
         overhead(mid, "mid, CPU, 256 px, 24 steps", 24, 256, repeat, {"approx": 1.05, "vae": 1.10})
         if torch.cuda.is_available() and args.gpu:
@@ -278,6 +326,7 @@ def main() -> None:
         stop_latency(tiny, 8 if args.quick else 40)
         frames(repeat)
         memory(folder)
+        sweep_scaling(folder, repeat)
     sdlab.unload()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,8 @@ import torch
 from . import noise_schedules as S
 from .analysis import last_record_per_step
 from .denoiser import Denoiser
-from .generation import Prepared, initial_noise, prepare
+from .generation import initial_noise, prepare
+from .records import Run
 from .sampler_catalog import CATALOG, parse_sampler, resolve
 from .settings import Settings
 
@@ -70,6 +71,7 @@ class Accuracy:
     references: list[Reference]
     skipped: dict[tuple[str, str], str] = field(default_factory=dict)
     settings: Settings | None = None
+    errors: dict[tuple[str, str, int], str] = field(default_factory=dict)  # cells that failed on an executor
 
     def lines(self) -> dict[tuple[str, str], list[AccuracyRow]]:
         """Rows grouped by (sampler, schedule), in order of NFE."""
@@ -110,11 +112,14 @@ def deterministic_samplers() -> list[str]:
 def sampler_accuracy(lab, samplers: Sequence[str] = ("Euler", "Heun", "DPM++ 2M"), schedules: Sequence[str] = ("automatic",),
                      steps: Sequence[int] = (5, 10, 20, 40), *, prompt: str = "", negative_prompt: str = "",
                      seed: int = 0, cfg: float = 7.0, width: int | None = None, height: int | None = None,
-                     reference_steps: int = 200) -> Accuracy:
+                     reference_steps: int = 200, executor=None, progress: bool = True) -> Accuracy:
     """One row per (sampler, schedule, steps): NFE and the error against a reference solution of the
     probability-flow ODE from the same starting noise (see the module docstring for what is measured
     and how the reference is made). Combinations a sampler cannot follow are skipped and listed in
-    ``.skipped``; stochastic samplers and bad settings raise before any work."""
+    ``.skipped``; stochastic samplers and bad settings raise before any work.
+
+    executor: a ``dask.distributed.Client`` or ``concurrent.futures.Executor`` to run the sampler runs on
+    (see sdlab.sweep); the references are solved here. A run that fails there is listed in ``.errors``."""
     base = Settings(prompt=prompt, negative_prompt=negative_prompt, seed=seed, cfg=cfg, width=width, height=height)
     cells = []
     skipped: dict[tuple[str, str], str] = {}
@@ -142,16 +147,34 @@ def sampler_accuracy(lab, samplers: Sequence[str] = ("Euler", "Heun", "DPM++ 2M"
         raise ValueError(f"Nothing to measure: every combination was skipped ({'; '.join(skipped.values())}).")
     denoiser = Denoiser(lab, prompt, negative_prompt, cfg)
     references: dict[tuple, tuple[torch.Tensor, Reference]] = {}
-    rows = []
-    for cell in cells:
-        rows.append(_measure(lab, cell, denoiser, references, reference_steps))
-    return Accuracy(rows=rows, references=[ref for _, ref in references.values()], skipped=skipped, settings=base)
+    rows, errors = [], {}
+    if executor is None:
+        for cell in cells:
+            t0 = time.perf_counter()
+            run = lab.generate(cell, record_dtype=torch.float32)
+            rows.append(_measure(lab, run, time.perf_counter() - t0, denoiser, references, reference_steps))
+    else:
+        from . import distributed
+
+        runs: dict[int, Run] = {}
+
+        def deliver(k, value):
+            if isinstance(value, distributed.CellError):
+                s = cells[k].settings
+                errors[(s.sampler, s.schedule, s.steps)] = str(value)
+            else:
+                runs[k] = value
+
+        tasks = {k: (distributed.run_cell, lab, cell.settings, {"record_dtype": torch.float32}, True)
+                 for k, cell in enumerate(cells)}
+        distributed.collect(executor, tasks, deliver, progress=progress, label="sampler accuracy")
+        for k in sorted(runs):  # in the order asked for, whatever order they came back in
+            rows.append(_measure(lab, runs[k], runs[k].seconds, denoiser, references, reference_steps))
+    return Accuracy(rows=rows, references=[ref for _, ref in references.values()], skipped=skipped, settings=base,
+                    errors=errors)
 
 
-def _measure(lab, prepared: Prepared, denoiser: Denoiser, references: dict, reference_steps: int) -> AccuracyRow:
-    t0 = time.perf_counter()
-    run = lab.generate(prepared, record_dtype=torch.float32)
-    seconds = time.perf_counter() - t0
+def _measure(lab, run: Run, seconds: float, denoiser: Denoiser, references: dict, reference_steps: int) -> AccuracyRow:
     cell = run.settings
     ve = run.plan.variance_exploding
     levels = run.plan.sigmas

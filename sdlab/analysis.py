@@ -1,7 +1,8 @@
 """Numbers about runs and schedules, for plots and lessons. Pure functions over core objects."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import threading
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 from . import noise_schedules as S
 from .generation import prepare
+from .notices import notice
 from .records import Run, StepRecord
 from .settings import Settings
 
@@ -85,21 +87,48 @@ class Sweep:
     x_values: list
     y: str | None
     y_values: list
-    runs: list[list[Run | None]]  # [row][column]; None where a cell could not run (skip_invalid)
+    runs: list[list[Run | None]]  # [row][column]; None where a cell could not run (skip_invalid) or failed
     errors: dict[tuple[int, int], str]
+    interrupted: bool = False  # stopped before every cell came back (what came back is kept)
+    _thread: Any = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
         return len(self.runs), len(self.runs[0]) if self.runs else 0
 
+    @property
+    def finished(self) -> int:
+        """Cells that came back so far (runs and errors)."""
+        return sum(r is not None for row in self.runs for r in row) + len(self.errors)
+
+    @property
+    def done(self) -> bool:
+        return self._thread is None or not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> "Sweep":
+        """For ``sweep(..., wait=False)``: block until every cell is back (or ``timeout``)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self
+
 
 def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any], y: str | None = None,
-          y_values: Sequence[Any] = (None,), skip_invalid: bool = False, **settings) -> Sweep:
+          y_values: Sequence[Any] = (None,), skip_invalid: bool = False, executor=None, records: bool = False,
+          wait: bool = True, progress: bool = True, **settings) -> Sweep:
     """Run every (y, x) combination of two settings at a fixed seed.
 
     x / y: a Settings field ("sampler", "schedule", "steps", "cfg", "seed", ...). Every cell is prepared
     (checked, names resolved) before the first run, so a bad combination fails fast (or, with
-    skip_invalid, leaves that cell empty); each run's settings hold the names it ran with."""
+    skip_invalid, leaves that cell empty); each run's settings hold the names it ran with.
+
+    executor: a ``dask.distributed.Client`` (or any ``concurrent.futures.Executor``) to run the cells on.
+      The model goes to the workers as a reference and is loaded there once (see sdlab.distributed); each
+      cell comes back small (records without tensors unless ``records=True``), in its place whatever the
+      order, and bit-identical to a local run. A cell that fails there becomes an error cell
+      (``sweep.errors``); a worker that dies has its cells retried. ``wait=False`` returns at once: the grid
+      fills in as cells finish (``sweep.finished``, ``sweep.wait()``). Interrupted, the sweep keeps what
+      came back (``sweep.interrupted``).
+    """
     base = (base or Settings()).updated(**settings)
     if base.seed is None:
         base = replace(base, seed=0)
@@ -115,9 +144,35 @@ def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any],
                     raise ValueError(f"Cell {y}={yv!r}, {x}={xv!r} cannot run: {exc}") from exc
                 errors[i, j] = str(exc)
     runs: list[list[Run | None]] = [[None] * len(x_values) for _ in y_values]
-    for (i, j), cell in cells.items():
-        runs[i][j] = lab.generate(cell)
-    return Sweep(x=x, x_values=list(x_values), y=y, y_values=list(y_values), runs=runs, errors=errors)
+    result = Sweep(x=x, x_values=list(x_values), y=y, y_values=list(y_values), runs=runs, errors=errors)
+    if executor is None:
+        for (i, j), cell in cells.items():
+            runs[i][j] = lab.generate(cell)
+        return result
+    from . import distributed
+
+    def deliver(key, value):
+        if isinstance(value, distributed.CellError):
+            errors[key] = str(value)
+        else:
+            runs[key[0]][key[1]] = distributed.unpack(value)
+
+    options = {"record": records}
+    tasks = {key: (distributed.run_cell, lab, cell.settings, options, records) for key, cell in cells.items()}
+
+    def gather():
+        result.interrupted = not distributed.collect(executor, tasks, deliver, progress=progress,
+                                                     label=f"sweep {x}" + (f" x {y}" if y else ""))
+
+    if wait:
+        gather()
+        if result.interrupted:
+            notice(f"sdlab: the sweep was interrupted; {result.finished} of {len(tasks) + len(errors)} cells are "
+                   "in the result.")
+    else:
+        result._thread = threading.Thread(target=gather, daemon=True, name="sdlab-sweep")
+        result._thread.start()
+    return result
 
 
 def schedule_table(names: Sequence[str], n: int, model: S.TrainingSchedule | None = None, family: str = "sd1",

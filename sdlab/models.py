@@ -153,6 +153,18 @@ class Lab:
         return sum(t.numel() * t.element_size() for m in _modules(self._pipe)
                    for t in (*m.parameters(), *m.buffers()))
 
+    @property
+    def reference(self) -> LabReference:
+        """Where and how this model was loaded: what a pickled Lab carries instead of its weights."""
+        return LabReference(source=self.source, device=self.device.type, dtype=devices.dtype_name(self.dtype),
+                            variant=self.variant, allow_pickle=self.source.lower().endswith((".ckpt", ".pt", ".bin")))
+
+    def __reduce__(self):
+        # a Lab sent to another process (a Dask worker) arrives as its reference, never its weights; the
+        # reference loads it there when first used
+        return (LabReference, (self.source, self.device.type, devices.dtype_name(self.dtype), self.variant,
+                               self.reference.allow_pickle))
+
     def set_sampler(self, sampler: str, schedule: str = "automatic", **params: Any):
         """Install a catalog sampler on the pipeline (built from the model's own scheduler config); the
         weights are untouched. Returns the scheduler."""
@@ -340,6 +352,7 @@ def _load_source(model: str, dev: torch.device, dt: torch.dtype, variant: str | 
                    f"{old.source!r}, first (sdlab.set_max_resident(n) changes the limit).", stacklevel=4)
             unload(old)
         pipe = _load_pipeline(kind, source, dt, variant, offline, pipeline_kwargs)
+        LOADS[source] = LOADS.get(source, 0) + 1
         try:
             family = BUILTINS[source].family if source in BUILTINS else detect_family(pipe)
             pipe = pipe.to(dev)
@@ -353,6 +366,42 @@ def _load_source(model: str, dev: torch.device, dt: torch.dtype, variant: str | 
                   _default_scheduler=pipe.scheduler.__class__.from_config(pipe.scheduler.config))
         _RESIDENT[key] = lab
         return lab
+
+
+# How many times this process built each source's pipeline (a resident model is not built again): what a
+# Dask worker reports to show that it loads a model once across the tasks of several sweeps.
+LOADS: dict[str, int] = {}
+
+
+@dataclass(frozen=True)
+class LabReference:
+    """What a pickled Lab becomes: where to load it from and how, never its weights. Where it is used
+    (on a Dask worker, say) it resolves through ``sdlab.load``, so each process loads a model once and
+    keeps it resident (the residency limit applies per process); ``ref.generate(...)`` works as on a Lab."""
+
+    source: str
+    device: str  # "cpu", "cuda", "mps": the kind only, so a worker uses the GPU it has
+    dtype: str
+    variant: str | None = None
+    allow_pickle: bool = False
+
+    def __getattr__(self, name: str):
+        # used as a Lab (lab.generate(...), lab.pipe) it loads, or finds resident, the model it names;
+        # unpickling never loads anything (a Dask scheduler deserialises task arguments too)
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.resolve(), name)
+
+    def resolve(self) -> "Lab":
+        try:
+            return load(self.source, device=self.device, dtype=self.dtype, variant=self.variant,
+                        allow_pickle=self.allow_pickle)
+        except Exception as exc:
+            import socket
+
+            raise LoadError(f"This process ({socket.gethostname()}, pid {os.getpid()}) cannot load the model "
+                            f"{self.source!r}: {exc} A Dask worker needs the model where it runs: the same hub id "
+                            "in its cache, or the folder or file at the same path.") from exc
 
 
 def classify_source(model: str, *, allow_pickle: bool = False) -> tuple[SourceKind, str]:

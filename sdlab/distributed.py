@@ -1,0 +1,151 @@
+"""Running the cells of a sweep on an executor: a Dask cluster, or any ``concurrent.futures.Executor``.
+
+sdlab does not schedule work across machines itself: it hands each cell to an existing engine.
+
+- The model travels as a reference (``Lab.__reduce__``: its source, device kind and dtype, never its
+  weights) and resolves on the worker through ``sdlab.load``, so a worker loads it once and keeps it
+  resident across the cells of a sweep and across sweeps.
+- A cell comes back small: its Run with the images as PNG bytes and the per-step records without their
+  tensors (records with tensors, float16, only when asked for).
+- A cell that raises on the worker comes back as an error cell (the others complete); a worker that
+  dies has its cells retried elsewhere (Dask's ``retries``).
+- ``collect`` fills the result grid in place as cells finish, in whatever order, with a progress bar
+  (cells done / total, failures counted), so a caller sees partial results and keeps them if interrupted.
+
+With Dask: ``from dask.distributed import Client, LocalCluster; client = Client(LocalCluster(n_workers=2,
+threads_per_worker=1))``; for several GPUs ``dask_cuda.LocalCUDACluster()`` (one worker per GPU), for a
+SLURM machine ``dask_jobqueue.SLURMCluster(...)`` then ``cluster.scale(jobs=4)``; pass the Client.
+"""
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable
+
+from .models import LabReference
+from .records import Run
+
+RETRIES = 2  # a cell whose worker died is run again on another, at most this many times
+
+
+@dataclass
+class CellError:
+    """A cell that failed where it ran: the exception's type and message."""
+
+    kind: str
+    message: str
+    where: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}" + (f" (on {self.where})" if self.where else "")
+
+
+def pack(run: Run, records: bool = False) -> Run:
+    """A copy of ``run`` that is small to send: images as PNG bytes, records without tensors unless
+    ``records`` (then as recorded: float16 by default)."""
+    images = []
+    for img in run.images:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        images.append(buf.getvalue())
+    # records keep the dtype they were recorded in (float16 unless the run asked for record_dtype=float32)
+    recs = list(run.records) if records else [replace(r, latents=None, x0=None, noise_uncond=None, noise_cond=None)
+                                              for r in run.records]
+    return replace(run, images=images, records=recs, error=None,
+                   final_latents=run.final_latents if records else None)
+
+
+def unpack(run: Run) -> Run:
+    """The images of a packed run back as PIL images (decoded PNG: the same pixels)."""
+    from PIL import Image
+
+    images = [Image.open(io.BytesIO(b)).copy() if isinstance(b, (bytes, bytearray)) else b for b in run.images]
+    return replace(run, images=images)
+
+
+def run_cell(lab, settings, options: dict, records: bool) -> Run | CellError:
+    """What a worker runs for one cell: resolve the model (resident after the first cell), generate, pack.
+    Errors come back as data, so that a deterministic failure is not retried as if the worker had died."""
+    import os
+    import socket
+
+    where = f"{socket.gethostname()} pid {os.getpid()}"
+    try:
+        if isinstance(lab, LabReference):  # what a Lab becomes when sent: load it, or find it resident
+            lab = lab.resolve()
+        if lab.is_loaded:
+            lab.pipe.set_progress_bar_config(disable=True)
+        return pack(lab.generate(settings, **options), records=records)
+    except Exception as exc:  # noqa: BLE001 - any failure of the cell becomes its error cell
+        return CellError(type(exc).__name__, str(exc), where)
+
+
+def _is_dask(executor) -> bool:
+    return type(executor).__module__.startswith("distributed")
+
+
+def submit(executor, fn: Callable, *args):
+    if _is_dask(executor):
+        return executor.submit(fn, *args, retries=RETRIES, pure=False)
+    return executor.submit(fn, *args)
+
+
+def as_completed(executor, futures: Iterable):
+    if _is_dask(executor):
+        from distributed import as_completed as dask_completed
+
+        return dask_completed(list(futures))
+    from concurrent.futures import as_completed as cf_completed
+
+    return cf_completed(list(futures))
+
+
+def cancel(executor, futures: Iterable) -> None:
+    futures = list(futures)
+    if _is_dask(executor):
+        executor.cancel(futures)
+    else:
+        for f in futures:
+            f.cancel()
+
+
+def collect(executor, tasks: dict[Any, tuple], on_result: Callable[[Any, Any], None], *, progress: bool = True,
+            label: str = "cells") -> bool:
+    """Submit ``{key: (fn, *args)}``, call ``on_result(key, value)`` as each finishes (any order), with a
+    progress bar. A task that raises there (its worker died more often than the retries) is handed to
+    ``on_result`` as a CellError. Returns False if interrupted (KeyboardInterrupt): the remaining tasks are
+    cancelled and what finished stays delivered."""
+    futures = {}
+    for key, (fn, *args) in tasks.items():
+        futures[submit(executor, fn, *args)] = key
+    bar = _bar(len(futures), label) if progress else None
+    failed = 0
+    try:
+        for future in as_completed(executor, futures):
+            key = futures[future]
+            try:
+                value = future.result()
+            except Exception as exc:  # noqa: BLE001
+                value = CellError(type(exc).__name__, str(exc))
+            if isinstance(value, CellError):
+                failed += 1
+            on_result(key, value)
+            if bar is not None:
+                bar.update(1)
+                if failed:
+                    bar.set_postfix(failed=failed)
+    except KeyboardInterrupt:
+        cancel(executor, futures)
+        return False
+    finally:
+        if bar is not None:
+            bar.close()
+    return True
+
+
+def _bar(total: int, label: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"sdlab: {label}", unit="cell")
+

@@ -1,0 +1,178 @@
+"""Sweeps on a Dask cluster: a LocalCluster with 2 worker processes on the CPU, the tiny and toy models."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import torch
+
+import sdlab
+
+distributed = pytest.importorskip("distributed", reason="install sdlab[dask]")  # in make test's extra
+from distributed import Client, LocalCluster  # noqa: E402
+
+pytestmark = pytest.mark.slow
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the functions below run on the workers
+GRID = dict(x="sampler", x_values=["Euler", "DPM++ 2M", "DDIM"], y="cfg", y_values=[3.0, 7.0],
+            prompt="a lighthouse", steps=4, seed=3, width=32, height=32)
+
+
+def _children() -> list[int]:
+    """Processes whose parent is this one (a LocalCluster's nannies and workers)."""
+    me, out = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me and fields[0] != "Z":
+                try:
+                    cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+                except OSError:
+                    continue
+                if "resource_tracker" not in cmdline:  # multiprocessing's, lives as long as this process
+                    out.append(int(entry.name))
+    return out
+
+
+@pytest.fixture(scope="module")
+def client():
+    before = set(_children())
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    c = Client(cluster)
+    try:
+        yield c
+    finally:
+        c.close()
+        cluster.close()
+        deadline = time.time() + 30
+        while set(_children()) - before and time.time() < deadline:
+            time.sleep(0.2)
+        assert not set(_children()) - before, "the cluster left processes behind"
+
+
+def test_a_sweep_on_the_cluster_equals_the_local_one_bit_for_bit(lab, client):
+    remote = sdlab.sweep(lab, executor=client, **GRID)
+    local = sdlab.sweep(lab, **GRID)
+    assert remote.shape == local.shape == (2, 3) and remote.errors == {} and not remote.interrupted
+    for row_r, row_l in zip(remote.runs, local.runs):
+        for r, l in zip(row_r, row_l):
+            assert r.settings == l.settings and r.nfe == l.nfe > 0
+            assert r.image.tobytes() == l.image.tobytes()
+            assert all(rec.latents is None for rec in r.records)  # small: no tensors unless asked
+    kept = sdlab.sweep(lab, executor=client, records=True, **{**GRID, "y_values": [7.0]})
+    assert kept.runs[0][0].records[0].latents.dtype == torch.float16
+
+
+def test_each_worker_loads_the_model_once_across_sweeps(lab, client):
+    for _ in range(2):
+        sdlab.sweep(lab, executor=client, **GRID)
+    loads = client.run(lambda: __import__("sdlab").models.LOADS.get("tiny", 0))
+    assert sorted(loads.values()) == [1, 1], loads
+
+
+def _fail_seed_13():
+    import sdlab.generation as g
+
+    original = getattr(g, "_original_run", g._run)
+    g._original_run = original
+
+    def failing(lab, prepared, *args, **kwargs):
+        if prepared.settings.seed == 13:
+            raise RuntimeError("this cell breaks on the worker")
+        return original(lab, prepared, *args, **kwargs)
+
+    g._run = failing
+
+
+def _heal():
+    import sdlab.generation as g
+
+    g._run = getattr(g, "_original_run", g._run)
+
+
+def test_a_cell_that_fails_on_a_worker_is_an_error_cell(lab, client):
+    client.run(_fail_seed_13)
+    try:
+        result = sdlab.sweep(lab, executor=client, x="seed", x_values=[11, 12, 13, 14], prompt="x", steps=2,
+                             width=32, height=32)
+    finally:
+        client.run(_heal)
+    assert list(result.errors) == [(0, 2)] and "this cell breaks on the worker" in result.errors[0, 2]
+    assert result.runs[0][2] is None and all(result.runs[0][j].done for j in (0, 1, 3))
+
+
+def test_a_model_a_worker_cannot_load_fails_its_cells_with_a_message(client, tmp_path):
+    from sdlab.tiny import build_tiny_pipeline
+
+    folder = tmp_path / "only-here"
+    build_tiny_pipeline().save_pretrained(folder)
+    mine = sdlab.load(str(folder))
+    import shutil
+
+    shutil.rmtree(folder)  # resident here; the workers will not find it
+    t = time.time()
+    result = sdlab.sweep(mine, executor=client, x="seed", x_values=[1, 2], prompt="x", steps=2, width=32, height=32)
+    assert time.time() - t < 120 and len(result.errors) == 2
+    assert all("cannot load the model" in e and "only-here" in e for e in result.errors.values())
+    sdlab.unload(mine)
+
+
+def test_a_worker_killed_mid_sweep_has_its_cells_retried(lab, client):
+    result = sdlab.sweep(lab, executor=client, x="seed", x_values=list(range(10)), prompt="x", steps=60,
+                         width=64, height=64, wait=False)
+    deadline = time.time() + 120
+    while result.finished < 1:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    import signal
+
+    victim = next(iter(client.scheduler_info()["workers"]))
+    pid = client.run(os.getpid, workers=[victim])[victim]
+    os.kill(pid, signal.SIGKILL)  # the worker process dies mid-sweep; its nanny starts a new one
+    result.wait(300)
+    assert result.done and result.finished == 10 and result.errors == {}
+    assert all(r.done for r in result.runs[0])
+    client.wait_for_workers(2, timeout=120)
+    local = lab.generate("x", seed=7, steps=60, width=64, height=64)
+    assert result.runs[0][7].image.tobytes() == local.image.tobytes()
+
+
+def test_invalid_cells_are_refused_before_anything_is_submitted(lab, client):
+    submitted = []
+    original = client.submit
+    client.submit = lambda *a, **k: submitted.append(1) or original(*a, **k)
+    try:
+        with pytest.raises(ValueError, match="Cell .*sampler='Eulr' cannot run"):
+            sdlab.sweep(lab, executor=client, x="sampler", x_values=["Euler", "Eulr"], prompt="x", steps=2,
+                        width=32, height=32)
+    finally:
+        del client.submit
+    assert submitted == []
+
+
+def test_sampler_accuracy_on_the_cluster_equals_the_local_study(client):
+    toy = sdlab.load("toy")
+    toy.pipe.set_progress_bar_config(disable=True)
+    kw = dict(samplers=["Euler", "DPM++ 2M"], schedules=["karras"], steps=[4, 8], prompt="a red circle", seed=1,
+              width=64, height=64)
+    remote = sdlab.sampler_accuracy(toy, executor=client, **kw)
+    local = sdlab.sampler_accuracy(toy, **kw)
+    assert [(r.sampler, r.steps, r.nfe, r.error) for r in remote.rows] == \
+        [(r.sampler, r.steps, r.nfe, r.error) for r in local.rows]
+    assert remote.errors == {}
+
+
+def test_any_concurrent_futures_executor_works_too(lab):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:  # one model, one run at a time: one thread
+        remote = sdlab.sweep(lab, executor=pool, progress=False, **GRID)
+    local = sdlab.sweep(lab, **GRID)
+    assert [[r.image.tobytes() for r in row] for row in remote.runs] == \
+        [[r.image.tobytes() for r in row] for row in local.runs]
