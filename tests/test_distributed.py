@@ -12,8 +12,7 @@ import torch
 
 import sdlab
 
-distributed = pytest.importorskip("distributed", reason="install sdlab[dask]")  # in make test's extra
-from distributed import Client, LocalCluster  # noqa: E402
+from distributed import Client, LocalCluster  # sdlab[dask], part of the test extra: missing is a failure
 
 pytestmark = pytest.mark.slow
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the functions below run on the workers
