@@ -10,27 +10,10 @@ Python overhead per step, which is the worst case for sdlab's taps.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
-import torch
-
 import sdlab
-
-
-def timed(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from run_all import interleaved  # this folder is on sys.path when the script runs
 
 
 def main() -> None:
@@ -52,17 +35,18 @@ def main() -> None:
         lab.pipe("a lighthouse", guidance_scale=7.0, num_inference_steps=args.steps, width=size, height=size,
                  generator=lab.generator(0))
 
-    base = timed(plain, args.repeat)
-    rows = [("plain pipe()", base)]
-    variants = {"generate, no records": dict(record=False), "generate, records": {},
-                "records + approx preview": dict(preview="approx"), "records + vae preview (throttled)": dict(preview="vae")}
+    variants = {"plain pipe()": plain, "generate, no records": lambda: lab.generate("a lighthouse", record=False, **common),
+                "generate, records": lambda: lab.generate("a lighthouse", **common),
+                "records + approx preview": lambda: lab.generate("a lighthouse", preview="approx", **common),
+                "records + vae preview (budgeted)": lambda: lab.generate("a lighthouse", preview="vae", **common)}
     try:
         sdlab.previews.load_taesd(lab.family)
-        variants["records + taesd preview"] = dict(preview="taesd")
+        variants["records + taesd preview"] = lambda: lab.generate("a lighthouse", preview="taesd", **common)
     except sdlab.previews.PreviewUnavailable:
         pass
-    for name, opts in variants.items():
-        rows.append((name, timed(lambda: lab.generate("a lighthouse", **common, **opts), args.repeat)))
+    times = interleaved(variants, args.repeat)  # the same interleaved, rotated medians as make bench
+    base = times["plain pipe()"]
+    rows = list(times.items())
     print(f"model={lab.source} device={lab.device} dtype={lab.dtype} size={size} steps={args.steps} "
           f"sampler={args.sampler} repeat={args.repeat}")
     for name, t in rows:
