@@ -430,7 +430,6 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
     settings = prepared.settings
     if not locked and not lab._lock.acquire(blocking=False):
         raise BusyError(_BUSY)
-    run = None
     try:
         scheduler = scheduler_for(lab, prepared)
         report = {"sampler": settings.sampler, "schedule": "custom" if prepared.scheduler is not None else settings.schedule,
@@ -481,7 +480,7 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
             run.images = pipe.image_processor.numpy_to_pil(images)
         run.nsfw = getattr(out, "nsfw_content_detected", None)
         run.seconds = time.perf_counter() - t0
-        _check_finite(run, images, tap.first_non_finite())
+        _check_finite(run, images, tap.first_non_finite(), tap.prediction_type)
         return run
     finally:
         lab._lock.release()
@@ -507,7 +506,8 @@ def _jsonable(v):
     return repr(v)
 
 
-def _check_finite(run: Run, images: np.ndarray, first_bad_call: int | None = None) -> None:
+def _check_finite(run: Run, images: np.ndarray, first_bad_call: int | None = None,
+                  prediction_type: str = "epsilon") -> None:
     """Say where NaN/inf appeared, with advice that fits the run's dtype."""
     problem = None
     half = run.dtype in ("float16", "bfloat16")
@@ -521,8 +521,8 @@ def _check_finite(run: Run, images: np.ndarray, first_bad_call: int | None = Non
                       f"(now {run.settings.cfg:g}).")
         else:
             advice = (f"in float32 this is not an overflow of half precision: check the model's weights and its "
-                      f"scheduler config (prediction_type {run.scheduler_report.get('changes', {}).get('prediction_type', ['', 'as loaded'])[-1]!s}, "
-                      f"for SD 2.x v_prediction), the sampler (try 'Euler' or 'DPM++ 2M'), and lower cfg (now {run.settings.cfg:g}).")
+                      f"scheduler config (prediction_type is {prediction_type!r}; SD 2.x 768 px models need "
+                      f"'v_prediction'), the sampler (try 'Euler' or 'DPM++ 2M'), and lower cfg (now {run.settings.cfg:g}).")
         problem = f"The latents became NaN/inf{where}: {advice}"
     elif not np.isfinite(images).all():  # (an all-black image can be legitimate: the safety checker's)
         if half:
