@@ -27,7 +27,7 @@ from .models import (
     unload,
 )
 from .notices import SdlabNotice, SdlabWarning
-from .sampler_catalog import Plan, Sampler, config_changes, describe, effective_config, make_scheduler, plan, samplers
+from .sampler_catalog import Sampler, samplers
 from .settings import RunOptions, Settings
 from .noise_schedules import TrainingSchedule, schedules, sigmas
 
@@ -42,18 +42,27 @@ def _version() -> str:
 
 __version__ = _version()
 
-_VIEWS = {"Studio": "sdlab.widgets", "StepViewer": "sdlab.widgets", "SamplerPicker": "sdlab.widgets",
-          "ScheduleExplorer": "sdlab.widgets", "plots": "sdlab.plots"}
+# Loaded on first use: the views, so that importing sdlab never imports ipywidgets or matplotlib; the
+# schedulers and plans, so that it does not import diffusers either (sdlab.noise_schedules needs neither).
+_RECIPES = ("Recipe", "recipe_of", "make_scheduler", "SdlabDEISMultistepScheduler", "SdlabDPMSolverMultistepScheduler",
+            "SdlabDPMSolverSDEScheduler", "SdlabEulerDiscreteScheduler", "SdlabHeunDiscreteScheduler",
+            "SdlabKDPM2AncestralDiscreteScheduler", "SdlabKDPM2DiscreteScheduler", "SdlabLMSDiscreteScheduler",
+            "SdlabUniPCMultistepScheduler")
+_LAZY = {"Studio": "sdlab.widgets", "StepViewer": "sdlab.widgets", "SamplerPicker": "sdlab.widgets",
+         "ScheduleExplorer": "sdlab.widgets", "plots": "sdlab.plots",
+         **{name: "sdlab.recipes" for name in _RECIPES},
+         **{name: "sdlab.plans" for name in ("Plan", "plan", "config_changes", "describe", "effective_config")}}
 
 
 def __getattr__(name: str):
-    # Views load on first use, so that importing sdlab never imports ipywidgets or matplotlib.
-    if name in _VIEWS:
+    # (a saved pipeline names sdlab's scheduler classes as attributes of the sdlab package: this finds them)
+    if name in _LAZY:
         import importlib
 
-        module = importlib.import_module(_VIEWS[name])
+        module = importlib.import_module(_LAZY[name])
         return module if module.__name__.endswith("." + name) else getattr(module, name)
     raise AttributeError(f"module 'sdlab' has no attribute {name!r}")
+
 
 __all__ = [
     "BusyError", "GenerationError", "Job", "Prepared", "Run", "RunOptions", "Settings", "StepEvent", "StepRecord",
@@ -62,5 +71,6 @@ __all__ = [
     "DEFAULT_MODEL", "Lab", "LoadError", "ModelNotAvailable", "ModelUnloadedError", "SdlabNotice",
     "SdlabWarning", "UnsafeCheckpointError", "UnsupportedModelError", "load", "loaded", "max_resident",
     "set_max_resident", "unload", "__version__", "Plan", "Sampler", "describe", "effective_config",
-    "make_scheduler", "plan", "samplers", "TrainingSchedule", "schedules", "sigmas",
+    "make_scheduler", "plan", "samplers", "TrainingSchedule", "schedules", "sigmas", "Recipe", "recipe_of",
+    *_RECIPES[3:],
 ]

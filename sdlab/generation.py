@@ -8,7 +8,7 @@ get, and observes it through three read-only taps:
   has one; elsewhere x0 is computed from the model output for the model's prediction type.
 None of them writes anything back, so the final latents and image equal a plain ``pipe(...)`` call's
 bit for bit (tests check it for every catalog sampler). Which user step and noise level each UNet call
-belongs to is read from the plan (``sampler_catalog.plan``), not worked out during the run.
+belongs to is read from the plan (``plans.plan``), not worked out during the run.
 
 Records are host copies (float16 unless asked otherwise; their size is in the README). On CUDA the copies
 go to pinned memory without blocking, and step times come from CUDA events read once at the end, so
@@ -27,7 +27,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from .previews import DECODERS, TARGETS, Previewer, latent_channels, load_taesd
 from .prompts import prompt_problems
 from .records import Run, StepEvent, StepRecord, record_tensor
 from .settings import ALIASES, OPTION_NAMES, SETTING_NAMES, RunOptions, Settings, split_kwargs
+
+if TYPE_CHECKING:
+    from .recipes import Recipe
 
 
 class GenerationError(RuntimeError):
@@ -64,12 +67,15 @@ class Prepared:
     requested: Settings  # as the user gave them
     sampler: catalog.Sampler | None  # the catalog entry (None for a scheduler that matches none)
     scheduler: Any = None  # a scheduler object the user gave (used as it is, a copy per run)
+    recipe: Recipe | None = None  # what the sampler and schedule resolved to (sdlab.recipe_of)
 
 
 def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
     """Check everything before any work, fill in the seed and the size, and resolve the sampler and
     schedule names (once). Errors say what to do. ``scheduler``: a diffusers scheduler to use instead of
     the catalog's; it is recorded in ``settings.scheduler_config`` so that a saved run reproduces."""
+    from . import recipes  # (diffusers' scheduler classes: imported with the first run, not with sdlab)
+
     if isinstance(settings, Prepared):
         return settings
     s = settings
@@ -109,18 +115,18 @@ def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
     done = replace(s, width=int(width), height=int(height), seed=int(seed))
     if scheduler is not None or s.scheduler_config is not None:
         scheduler = copy.deepcopy(scheduler) if scheduler is not None else _scheduler_from_config(s.scheduler_config)
+        # the class as it is (sdlab's or diffusers'), and its whole config, recipe included: a saved run rebuilds it
         config = {k: _jsonable(v) for k, v in scheduler.config.items()}
-        config["_class_name"] = _diffusers_class(scheduler).__name__
-        try:  # name the catalog entry of its class, so the settings stay valid everywhere
-            spec, _ = catalog.parse_sampler(config["_class_name"])
-        except ValueError:
-            spec = None
-        done = replace(done, sampler=spec.name if spec else config["_class_name"], schedule=S.AUTOMATIC,
+        config["_class_name"] = type(scheduler).__name__
+        recipe = recipes.recipe_of(scheduler)  # the settings name what it runs, as for a catalog sampler
+        done = replace(done, sampler=recipe.sampler, schedule=recipe.schedule, schedule_params=recipe.schedule_params,
                        scheduler_config=config)
-        return Prepared(settings=done, requested=s, sampler=spec, scheduler=scheduler)
+        return Prepared(settings=done, requested=s, sampler=recipe.entry, scheduler=scheduler, recipe=recipe)
     spec, concrete = catalog.resolve(s.sampler, s.schedule)  # the one name resolution of a run
     catalog.check_params(spec, concrete, s.schedule_params)
-    return Prepared(settings=replace(done, sampler=spec.name, schedule=concrete), requested=s, sampler=spec)
+    recipe = recipes.Recipe.of(spec, concrete, family=lab.family, params=s.schedule_params)
+    return Prepared(settings=replace(done, sampler=spec.name, schedule=concrete), requested=s, sampler=spec,
+                    recipe=recipe)
 
 
 def prepare_settings(lab, settings: Settings) -> Settings:
@@ -131,35 +137,26 @@ def prepare_settings(lab, settings: Settings) -> Settings:
 validate = prepare_settings  # the name it had first (it also completes the settings)
 
 
-def _diffusers_class(scheduler) -> type:
-    """The diffusers class of a scheduler (sdlab's explicit-sigma subclasses report their base)."""
-    import diffusers
-
-    for cls in type(scheduler).__mro__:
-        if getattr(diffusers, cls.__name__, None) is cls:
-            return cls
-    return type(scheduler)
-
-
 def _scheduler_from_config(config: dict):
-    import diffusers
-    from diffusers import SchedulerMixin
+    from . import recipes
 
-    name = config.get("_class_name")
-    cls = getattr(diffusers, str(name), None)
-    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
-        raise ValueError(f"scheduler_config names {name!r}, which is not a diffusers scheduler class.")
+    try:
+        cls = recipes.scheduler_class(config.get("_class_name"))
+    except ValueError as exc:
+        raise ValueError(f"scheduler_config: {exc}") from None
     return cls.from_config(config)
 
 
 def scheduler_for(lab, prepared: Prepared):
     """The scheduler a prepared run uses: the catalog's, built from the model's own config without
     looking any name up again, or a copy of the user's own."""
+    from . import recipes
+
     if prepared.scheduler is not None:
         return copy.deepcopy(prepared.scheduler)
-    s = prepared.settings
-    return catalog.build_scheduler(lab.default_scheduler.config, prepared.sampler, s.schedule, family=lab.family,
-                                   seed=s.seed, **s.schedule_params)
+    s, recipe = prepared.settings, prepared.recipe
+    options = {k: v for k, v in s.schedule_params.items() if k not in recipe.schedule_params}
+    return recipes.build(recipe, lab.default_scheduler.config, seed=s.seed, **options)
 
 
 def pipe_kwargs(lab, settings: Settings) -> dict:
@@ -427,17 +424,20 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
          started: Callable[[Run], Any] | None = None, *, locked: bool = False) -> Run:
     """One run. ``locked``: the caller already holds ``lab._lock`` for it (generate_async takes it in the
     caller's thread, so that two callers cannot both pass the check); it is released here either way."""
+    from . import plans
+
     settings = prepared.settings
     if not locked and not lab._lock.acquire(blocking=False):
         raise BusyError(_BUSY)
     try:
         scheduler = scheduler_for(lab, prepared)
-        report = {"sampler": settings.sampler, "schedule": "custom" if prepared.scheduler is not None else settings.schedule,
+        plan = plans.plan(scheduler, settings.steps)
+        report = {"sampler": plan.recipe.sampler, "schedule": plan.recipe.schedule, "via": plan.recipe.via,
                   "class": type(scheduler).__name__,
                   "changes": {k: [_jsonable(a), _jsonable(b)] for k, (a, b) in
-                              catalog.config_changes(scheduler, lab.default_scheduler).items()}}
+                              plans.config_changes(scheduler, lab.default_scheduler).items()}}
         run = Run(settings=settings, model=lab.source, family=lab.family, device=str(lab.device),
-                  dtype=str(lab.dtype).removeprefix("torch."), plan=catalog.plan(scheduler, settings.steps),
+                  dtype=str(lab.dtype).removeprefix("torch."), plan=plan,
                   scheduler_report=report, requested=prepared.requested)
         # what will differ from the tool whose names the user typed (the plan's notes) or whose infotext
         # is regenerated, and prompt words the model cannot read: said before the first step, kept with the run
@@ -503,6 +503,8 @@ def _jsonable(v):
         return v
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
     return repr(v)
 
 

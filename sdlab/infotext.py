@@ -16,7 +16,7 @@ from typing import Any
 
 from . import noise_schedules as S
 from .a1111 import ORIGIN
-from .sampler_catalog import parse_sampler
+from .sampler_catalog import CATALOG, parse_sampler
 from .settings import SETTING_NAMES, Settings
 
 SDLAB_CHUNK = "sdlab"
@@ -35,7 +35,8 @@ def _quote(value: Any) -> str:
 
 def format_infotext(run) -> str:
     s = run.settings
-    params = {"Steps": s.steps, "Sampler": s.sampler, "Schedule type": S.schedule_label(s.schedule),
+    custom = s.scheduler_config is not None and (s.schedule == "custom" or s.sampler not in CATALOG)
+    params = {"Steps": s.steps, "Sampler": s.sampler, "Schedule type": None if custom else S.schedule_label(s.schedule),
               "CFG scale": f"{s.cfg:g}", "Seed": s.seed, "Size": f"{s.width}x{s.height}",
               "Model": Path(run.model).stem if run.model else None}
     if s.batch_size > 1:
@@ -44,7 +45,7 @@ def format_infotext(run) -> str:
         params["Eta"] = s.eta
     for key, value in s.schedule_params.items():
         params[f"Schedule {key}"] = value
-    if s.scheduler_config is not None:  # not the catalog's: say so; the sdlab chunk holds the whole config
+    if custom:  # no catalog sampler and schedule: say so; the sdlab chunk holds the whole config
         params["Custom scheduler"] = s.scheduler_config.get("_class_name")
     if run.stopped:
         params["Stopped at step"] = run.records[-1].step if run.records else 0

@@ -168,7 +168,7 @@ class Lab:
     def set_sampler(self, sampler: str, schedule: str = "automatic", **params: Any):
         """Install a catalog sampler on the pipeline (built from the model's own scheduler config); the
         weights are untouched. Returns the scheduler."""
-        from .sampler_catalog import make_scheduler
+        from .recipes import make_scheduler
 
         scheduler = make_scheduler(self, sampler, schedule, **params)
         self.pipe.scheduler = scheduler

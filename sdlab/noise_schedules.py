@@ -18,6 +18,8 @@ from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
+from .conventions import vp_scale  # noqa: F401  (sqrt(alphabar) at a noise level; written once there)
+
 # Align Your Steps (NVIDIA, Sabour et al. 2024): 10-step noise levels, as published for SD 1.5 and SDXL.
 AYS_SD15 = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]
 AYS_SDXL = [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029]
@@ -141,12 +143,6 @@ def sigma_from_alpha_bar(ab) -> np.ndarray:
 def alpha_bar(sigma) -> np.ndarray:
     """alphabar = 1 / (1 + sigma^2), the signal fraction of x_t = sqrt(ab) x0 + sqrt(1-ab) eps."""
     return 1.0 / (1.0 + np.asarray(sigma, dtype=np.float64) ** 2)
-
-
-def vp_scale(sigma) -> np.ndarray:
-    """sqrt(alphabar) = 1 / sqrt(1 + sigma^2): turns a variance-exploding sample x0 + sigma eps into the
-    variance-preserving one sqrt(ab) x0 + sqrt(1 - ab) eps that the UNet sees."""
-    return 1.0 / np.sqrt(1.0 + np.asarray(sigma, dtype=np.float64) ** 2)
 
 
 def snr(sigma) -> np.ndarray:
@@ -321,7 +317,9 @@ def ddim_uniform(n: int, model: TrainingSchedule | None = None) -> np.ndarray:
 @dataclass(frozen=True)
 class ScheduleType:
     """One schedule type: its formula, its names in A1111 and ComfyUI, and the diffusers timestep spacing
-    that equals it on schedulers that can only be given a spacing (None: those cannot follow it)."""
+    that equals it on schedulers that can only be given a spacing (None: those cannot follow it), and the
+    diffusers option (``flag``) under which diffusers computes its own version of it (rho 7, alpha = beta = 0.6,
+    timesteps rounded where the scheduler rounds them)."""
 
     name: str
     function: Callable[..., np.ndarray] = field(repr=False)
@@ -331,6 +329,7 @@ class ScheduleType:
     a1111: str | None = None  # A1111's label, where it has this schedule
     comfyui: str | None = None  # ComfyUI's name, where it computes the same
     spacing: tuple[str, int | None] | None = None  # (timestep_spacing, steps_offset)
+    flag: str | None = None  # the diffusers scheduler option that computes its own version of this schedule
     sampleable: bool = True  # False: for plots only
     description: str = ""
 
@@ -339,9 +338,10 @@ SCHEDULES: dict[str, ScheduleType] = {s.name: s for s in [
     ScheduleType("uniform", uniform, "model", aliases=("normal", "linear", "linspace"), a1111="Uniform",
                  comfyui="normal", spacing=("linspace", None),
                  description="timesteps evenly spaced from T-1 to 0 (A1111 Uniform and Normal, ComfyUI normal)"),
-    ScheduleType("karras", karras, "range", {"rho": 7.0}, a1111="Karras", comfyui="karras",
+    ScheduleType("karras", karras, "range", {"rho": 7.0}, a1111="Karras", comfyui="karras", flag="use_karras_sigmas",
                  description="evenly spaced in sigma^(1/rho): more steps at low noise"),
     ScheduleType("exponential", exponential, "range", a1111="Exponential", comfyui="exponential",
+                 flag="use_exponential_sigmas",
                  description="evenly spaced in log sigma"),
     ScheduleType("polyexponential", polyexponential, "range", {"rho": 1.0}, a1111="Polyexponential",
                  description="polynomial in log sigma; rho=1 is exponential"),
@@ -358,7 +358,7 @@ SCHEDULES: dict[str, ScheduleType] = {s.name: s for s in [
                  description="ComfyUI's kl_optimal: n levels evenly spaced in arctan(sigma), then 0"),
     ScheduleType("align_your_steps", align_your_steps, "family", aliases=("ays",), a1111="Align Your Steps",
                  description="NVIDIA's optimised levels, interpolated to n steps (A1111's)"),
-    ScheduleType("beta", beta, "range", {"alpha": 0.6, "beta": 0.6}, a1111="Beta",
+    ScheduleType("beta", beta, "range", {"alpha": 0.6, "beta": 0.6}, a1111="Beta", flag="use_beta_sigmas",
                  description="beta-distribution quantiles placed in sigma (A1111's, diffusers use_beta_sigmas)"),
     ScheduleType("beta_comfyui", beta_comfyui, "model", {"alpha": 0.6, "beta": 0.6}, aliases=("comfyui beta",),
                  description="ComfyUI's beta: the quantiles placed on training timesteps"),
@@ -369,6 +369,7 @@ SCHEDULES: dict[str, ScheduleType] = {s.name: s for s in [
 ]}
 
 AUTOMATIC = "automatic"
+CUSTOM = "custom"  # a scheduler's schedule that no schedule type names (sdlab.recipe_of)
 
 
 def _norm(name: str) -> str:
@@ -402,6 +403,10 @@ def resolve_schedule(name: str) -> str:
     key = _norm(name)
     if key in ("automatic", "auto", "default"):
         return AUTOMATIC
+    if key == CUSTOM:
+        raise ValueError("schedule='custom' is what sdlab records for a scheduler whose schedule it cannot name; "
+                         "run those settings with their scheduler_config (or the scheduler itself), or choose a "
+                         f"schedule: automatic, {', '.join(SCHEDULES)}.")
     if key in _LOOKUP:
         return _LOOKUP[key]
     import difflib

@@ -18,7 +18,7 @@ from . import noise_schedules as S
 from .analysis import Sweep, band_labels, last_record_per_step, run_stats, schedule_table, steps_per_band
 from .previews import approx_rgb, vae_rgb
 from .records import Run
-from .sampler_catalog import plan as scheduler_plan
+from .plans import plan as scheduler_plan
 
 DEFAULT_SCHEDULES = ("uniform", "karras", "exponential", "polyexponential", "sgm_uniform", "kl_optimal",
                      "align_your_steps", "beta")
@@ -114,18 +114,18 @@ def plot_plan(scheduler, n: int, *, formula: bool = True, model=None, y: str = "
               label: str | None = None) -> Drawn:
     """What a configured scheduler really does (from the scheduler itself), beside its schedule's formula."""
     p = scheduler_plan(scheduler, n)
-    training, family = _training(model if model is not None else scheduler)
+    recipe = p.recipe
+    training, _ = _training(model if model is not None else scheduler)
     fig, ax = _axes(ax)
-    name = label or f"{getattr(scheduler, 'sdlab_sampler', type(scheduler).__name__)} (scheduler)"
+    name = label or f"{recipe.sampler} (scheduler)"
     artists = {}
     keep = p.sigmas if y == "sigma" else p.sigmas[:-1]
     (artists["scheduler"],) = ax.plot(np.arange(len(keep)), _y(keep, y, training), "o", label=name)
-    schedule = getattr(scheduler, "sdlab_schedule", None)
-    if formula and schedule in S.SCHEDULES:
-        sig = S.sigmas(schedule, n, model=training, family=family, **getattr(scheduler, "sdlab_schedule_params", {}))
+    if formula and recipe.has_formula:  # the recipe's levels: what A1111 runs for this sampler and schedule
+        sig = recipe.levels(n, training)
         keep_f = sig if y == "sigma" else sig[:-1]
         (artists["formula"],) = ax.plot(np.arange(len(keep_f)), _y(keep_f, y, training), "-",
-                                        label=f"{S.schedule_label(schedule)} formula")
+                                        label=f"{recipe.schedule_label} formula (A1111's levels for {recipe.sampler})")
     ax.set_xlabel("step")
     ax.set_ylabel(_Y_LABEL[y])
     ax.set_title(f"{n} steps, {p.nfe} UNet calls")

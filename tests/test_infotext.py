@@ -96,15 +96,19 @@ def test_a_custom_scheduler_run_saves_settings_that_reproduce_it(lab, tmp_path):
                          set_alpha_to_one=True)
     run = lab.generate("a cat", steps=4, seed=5, scheduler=trap)
     s = run.settings
-    assert s.sampler == "DDIM" and s.schedule == "automatic"  # valid names: the catalog entry of its class
+    # the catalog entry of its class; its leading spacing without steps_offset is no A1111 or ComfyUI schedule
+    assert s.sampler == "DDIM" and s.schedule == "custom"
     assert s.scheduler_config["_class_name"] == "DDIMScheduler" and s.scheduler_config["clip_sample"] is True
-    assert run.scheduler_report["schedule"] == "custom"
-    assert "Custom scheduler: DDIMScheduler" in run.infotext()
+    assert run.scheduler_report["schedule"] == "custom" and run.scheduler_report["via"] == "custom"
+    assert "Custom scheduler: DDIMScheduler" in run.infotext() and "Schedule type" not in run.infotext()
     read = sdlab.read_settings(run.save(tmp_path / "trap.png"))
     assert read == s
     again = lab.generate(read)
     assert again.image.tobytes() == run.image.tobytes()
-    assert lab.generate(read.updated(scheduler_config=None)).image.tobytes() != run.image.tobytes()  # sdlab's DDIM
+    with pytest.raises(ValueError, match="schedule='custom' is what sdlab records"):
+        lab.generate(read.updated(scheduler_config=None))
+    sdlabs = lab.generate(read.updated(scheduler_config=None, schedule="automatic"))  # sdlab's DDIM
+    assert sdlabs.image.tobytes() != run.image.tobytes()
 
 
 # --- regenerating an A1111 picture: what will differ is said, never silent ---------------------------------
