@@ -12,7 +12,7 @@ many pictures snaps to one picture: the final latents are either exactly the ref
 another one (``final_error`` says which), so they cannot show an order of convergence; the state
 before the snap can.
 
-The reference: on the toy model (``unet.exact``), scipy's DOP853 (8th-order Runge-Kutta, Hairer et al.)
+The reference: on the toy model (``sdlab.toy.is_teaching_model``), scipy's DOP853 (8th-order Runge-Kutta, Hairer et al.)
 on the float64 exact denoiser in log sigma, rtol 1e-10; its error is estimated as the difference to a
 solve with 100x looser tolerances. On a trained model, Heun's method (2nd order) with
 ``reference_steps`` steps evenly spaced in log sigma, its error estimated by Richardson's rule from a
@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from . import conventions as C
 from . import noise_schedules as S
 from .analysis import last_record_per_step
 from .denoiser import Denoiser
@@ -181,10 +182,10 @@ def _measure(lab, run: Run, seconds: float, denoiser: Denoiser, references: dict
     end = cell.steps - 1 if levels[-1] == 0 else cell.steps  # the last nonzero level
     sigma_end = float(levels[end])
     record = last_record_per_step(run)[end]
-    state = record.latents.double() / (1.0 if ve else float(S.vp_scale(sigma_end)))  # as x0 + sigma eps
-    # the pipeline starts from noise x init_noise_sigma: x0 + sigma eps form for VE, scaled by vp_scale for VP
-    # (1 for diffusers' own start, sigma_0 x vp_scale(sigma_0) where a sampler starts as k-diffusion does)
-    start_scale = run.plan.init_noise_sigma / (1.0 if ve else float(S.vp_scale(levels[0])))
+    state = C.sample_as_ve(record.latents.double(), sigma_end, ve)
+    # the pipeline starts from noise x init_noise_sigma, in the sample's form: as x0 + sigma eps, that is
+    # sigma_0 x noise where a sampler starts as k-diffusion does (1 / alpha_0 for diffusers' own VP start)
+    start_scale = float(C.sample_as_ve(run.plan.init_noise_sigma, float(levels[0]), ve))
     key = (round(float(levels[0]), 10), round(start_scale, 10), round(sigma_end, 10))
     if key not in references:
         start = initial_noise(lab, cell).double().cpu() * start_scale
@@ -192,7 +193,7 @@ def _measure(lab, run: Run, seconds: float, denoiser: Denoiser, references: dict
     x_ref, _ = references[key]
     error = _rms(state - x_ref) / sigma_end
     final_ref = denoiser(x_ref, sigma_end) if levels[-1] == 0 else x_ref
-    final = run.final_latents.double() / (1.0 if ve or levels[-1] == 0 else float(S.vp_scale(sigma_end)))
+    final = C.sample_as_ve(run.final_latents.double(), sigma_end, ve or levels[-1] == 0)
     return AccuracyRow(sampler=cell.sampler, schedule=cell.schedule, steps=cell.steps, nfe=run.nfe, error=error,
                        final_error=_rms(final - final_ref) / max(_rms(final_ref), 1e-30), sigma_end=sigma_end,
                        seconds=seconds)
@@ -205,7 +206,7 @@ def _rms(t: torch.Tensor) -> float:
 def _reference(denoiser: Denoiser, start: torch.Tensor, sigma_start: float, sigma_end: float,
                steps: int) -> tuple[torch.Tensor, Reference]:
     calls = denoiser.calls
-    if getattr(denoiser.unet, "exact", False):
+    if denoiser.exact:  # the teaching model (sdlab.toy.is_teaching_model)
         tight = _dop853(denoiser, start, sigma_start, sigma_end, rtol=1e-10, atol=1e-12)
         loose = _dop853(denoiser, start, sigma_start, sigma_end, rtol=1e-8, atol=1e-10)
         method = "DOP853 on the exact float64 denoiser, rtol 1e-10"

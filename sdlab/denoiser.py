@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import torch
 
+from . import conventions as C
 from . import noise_schedules as S
+from .toy import is_teaching_model
 
 
 def guidance_applies(pipe, cfg: float) -> bool:
@@ -36,7 +38,8 @@ class Denoiser:
         self.cfg = float(cfg)
         self.guided = guidance_applies(pipe, self.cfg)
         # the exact toy denoiser computes in float64; a trained UNet in its own dtype
-        self.dtype = torch.float64 if getattr(self.unet, "exact", False) else self.unet.dtype
+        self.exact = is_teaching_model(self.unet)
+        self.dtype = torch.float64 if self.exact else self.unet.dtype
         self.device = self.unet.device
         with torch.no_grad():
             cond, uncond = pipe.encode_prompt(prompt, self.device, 1, self.guided, negative_prompt or None)
@@ -58,7 +61,7 @@ class Denoiser:
         b = len(x)
         sig = sigma.expand(b) if sigma.numel() == 1 else sigma
         t = torch.as_tensor(self.training.sigma_to_t(sig.numpy()), dtype=torch.float64)
-        c_in = torch.as_tensor(S.vp_scale(sig.numpy()))[:, None, None, None]
+        c_in = torch.as_tensor(C.vp_scale(sig.numpy()))[:, None, None, None]
         inp = (x.double().cpu() * c_in).to(device=self.device, dtype=self.dtype)
         n = 2 if self.guided else 1
         context = self.context.repeat_interleave(b, dim=0)
@@ -68,10 +71,4 @@ class Denoiser:
         if self.guided:
             uncond, cond = out.chunk(2)
             out = uncond + self.cfg * (cond - uncond)
-        s = sig[:, None, None, None]
-        xs = x.double().cpu()
-        if self.prediction_type == "epsilon":
-            return xs - s * out
-        if self.prediction_type == "v_prediction":  # k-diffusion DiscreteVDDPMDenoiser: c_skip x + c_out v
-            return xs / (s * s + 1) - s / torch.sqrt(s * s + 1) * out
-        return out  # "sample"
+        return C.x0_from_prediction(self.prediction_type, out, x.double().cpu(), sig[:, None, None, None])

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from . import a1111
+from . import conventions as C
 from . import noise_schedules as S
 from . import sampler_catalog as catalog
 from .denoiser import guidance_applies
@@ -258,19 +259,12 @@ def _x0_from_output(scheduler, model_output, sample, timestep, prediction_type: 
     index = getattr(scheduler, "step_index", None)  # called after step(), which moved it on by one
     index = None if index is None else index - 1
     if sigmas is not None and index is not None and 0 <= index < len(sigmas):
-        s = float(sigmas[index])  # VE sigma -> VP alpha, sigma
-        alpha = float(S.vp_scale(s))
-        sigma_vp = s * alpha
-    else:
+        s = float(sigmas[index])
+    else:  # (PNDM keeps no sigmas: the level of its training timestep)
         t = int(round(float(timestep)))
         ab = float(scheduler.alphas_cumprod[min(max(t, 0), len(scheduler.alphas_cumprod) - 1)])
-        alpha, sigma_vp = math.sqrt(ab), math.sqrt(1 - ab)
-    x, out = sample.float(), model_output.float()
-    if prediction_type == "epsilon":
-        return (x - sigma_vp * out) / alpha
-    if prediction_type == "v_prediction":
-        return alpha * x - sigma_vp * out
-    return out  # "sample"
+        s = float(S.sigma_from_alpha_bar(ab))
+    return C.x0_from_prediction(prediction_type, model_output.float(), C.vp_to_ve(sample.float(), s), s)
 
 
 class _Tap:
@@ -346,7 +340,7 @@ class _Tap:
                          timestep=timestep, sigma=sigma, nfe=i + 1,
                          latents=self.host(latents) if record else None, x0=self.host(self.x0) if record else None,
                          noise_uncond=noise[0], noise_cond=noise[1], seconds=seconds,
-                         xt_scale=float(S.vp_scale(sigma)) if plan.variance_exploding and sigma is not None else 1.0)
+                         xt_scale=C.xt_scale(sigma, plan.variance_exploding))
         run.records.append(rec)
         preview = channels = None
         if self.previewer is not None:

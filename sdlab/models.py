@@ -130,8 +130,10 @@ class Lab:
 
     @property
     def is_toy(self) -> bool:
-        """The teaching model (an exact denoiser over its own pictures)."""
-        return self.kind == "toy"
+        """The teaching model (an exact denoiser over its own pictures): ``sdlab.toy.is_teaching_model``."""
+        from .toy import is_teaching_model
+
+        return is_teaching_model(self)
 
     @property
     def default_scheduler(self):

@@ -38,7 +38,9 @@ def prompt_problems(lab, prompt: str, negative_prompt: str = "") -> list[str]:
                     f"The {field} is {length} tokens and the text encoder reads {tokenizer.model_max_length}: "
                     f"these words are dropped: {dropped!r}. Shorten it or put what matters first (A1111 would "
                     f"encode it in chunks of 75 tokens instead, so its picture differs).")
-    if getattr(lab, "kind", None) == "toy":
+    from .toy import is_teaching_model
+
+    if is_teaching_model(lab):
         from .toy.data import unknown_words, vocabulary
 
         for field, text in (("prompt", prompt), ("negative prompt", negative_prompt)):

@@ -51,6 +51,7 @@ from diffusers.configuration_utils import FrozenDict
 # model_index.json; diffusers' loader then looks for its loading method by the base classes this module has
 # as attributes (pipeline_loading_utils.get_class_obj_and_candidates): SchedulerMixin above is that.
 
+from . import conventions as C
 from . import noise_schedules as S
 from .sampler_catalog import CATALOG, FLAGS, Sampler, check_params, diffusers_class, is_variance_exploding, resolve
 
@@ -227,7 +228,7 @@ class FollowsRecipe:
         if is_variance_exploding(self):
             self.__dict__["_sdlab_start"] = "sigma_0"  # what the class's linspace start computes: max(sigmas)
         elif recipe.entry.k_diffusion_start:
-            self.__dict__["_sdlab_start"] = float(S.vp_scale(levels[0]) * levels[0])
+            self.__dict__["_sdlab_start"] = float(C.vp_sigma(levels[0]))  # sigma_0 x noise, in VP form
 
     @contextlib.contextmanager
     def _through_the_door(self, route: str):

@@ -298,3 +298,14 @@ def test_on_a_trained_model_the_reference_is_a_many_step_run(tiny):
     ref = study.references[0]
     assert ref.method.startswith("Heun, 40 steps") and ref.evaluations == 2 * (40 + 20)
     assert ref.estimated_error < min(r.error for r in study.rows)
+
+
+def test_one_predicate_says_which_model_is_the_teaching_model(toy, tiny):
+    from sdlab.toy import is_teaching_model
+
+    assert is_teaching_model(toy) and is_teaching_model(toy.pipe) and is_teaching_model(toy.pipe.unet)
+    assert not any(is_teaching_model(x) for x in (tiny, tiny.pipe, tiny.pipe.unet, None, "toy"))
+    assert toy.is_toy and not tiny.is_toy
+    from sdlab.denoiser import Denoiser
+
+    assert Denoiser(toy).exact and not Denoiser(tiny).exact

@@ -16,7 +16,21 @@ from __future__ import annotations
 from .data import GROUPS, STOP_WORDS, Dataset, allowed_for, attributes, dataset, unknown_words, vocabulary
 
 __all__ = ["GROUPS", "STOP_WORDS", "Dataset", "allowed_for", "attributes", "build_toy_pipeline", "dataset",
-           "describe", "unknown_words", "vocabulary"]
+           "describe", "is_teaching_model", "unknown_words", "vocabulary"]
+
+
+def is_teaching_model(obj) -> bool:
+    """The one answer to "is this the teaching model?", for a Lab (from its family, so that an unloaded Lab
+    knows too), a pipeline or a UNet (whether the UNet is the toy's exact denoiser, ``ToyUNet``)."""
+    family = getattr(obj, "family", None)
+    if isinstance(family, str):
+        return family == "toy"
+    unet = getattr(obj, "unet", obj)
+    if type(unet).__module__ != "sdlab.toy.model":  # nothing else can be one (and diffusers need not load)
+        return False
+    from .model import ToyUNet
+
+    return isinstance(unet, ToyUNet)
 
 
 def build_toy_pipeline(dtype=None, prediction_type: str = "epsilon"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import conventions as C
 from . import data as D
 
 PROMPT_WEIGHT = 3.0  # log-prior bonus per named attribute a picture has
@@ -105,7 +106,6 @@ class ToyUNet(ModelMixin, ConfigMixin):
             {"beta_start": beta_start, "beta_end": beta_end, "beta_schedule": "scaled_linear",
              "num_train_timesteps": num_train_timesteps})
         self.register_buffer("dtype_marker", torch.zeros(1), persistent=False)
-        self.exact = True  # sdlab's reference solvers may call it in float64
 
     def sigma_of(self, timestep) -> torch.Tensor:
         """Noise level of (fractional) training timesteps, interpolating log sigma as diffusers'
@@ -130,18 +130,9 @@ class ToyUNet(ModelMixin, ConfigMixin):
         if sigma.numel() == 1:
             sigma = sigma.expand(len(sample))
         s = sigma.reshape(-1, 1, 1, 1)
-        alpha = 1 / torch.sqrt(1 + s * s)  # VP: x_t = alpha x0 + sigma_vp eps, sigma_vp = s alpha
-        x = sample.double()
-        x0 = self.denoise(x / alpha, sigma, encoder_hidden_states)
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            out = (x / alpha - x0) / s
-        elif kind == "v_prediction":
-            eps = (x / alpha - x0) / s
-            out = alpha * eps - s * alpha * x0
-        else:
-            out = x0
-        out = out.to(sample.dtype)
+        x = C.vp_to_ve(sample.double(), s)  # the UNet's input is VP: x_t = alpha x0 + sigma_vp eps
+        x0 = self.denoise(x, sigma, encoder_hidden_states)
+        out = C.prediction_from_x0(self.config.prediction_type, x0, x, s).to(sample.dtype)
         if not return_dict:
             return (out,)
         from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput

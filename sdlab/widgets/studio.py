@@ -20,6 +20,7 @@ from ..generation import Job, native_size, prepare
 from ..previews import to_jpeg
 from ..records import Run, StepEvent
 from ..settings import Settings
+from ..toy import is_teaching_model
 from .controls import SamplerPicker
 from .viewer import StepViewer
 
@@ -294,7 +295,7 @@ class Studio(W.VBox):
 def _model_note(lab) -> str:
     if getattr(lab, "is_tiny", False):
         return "<b>Built-in tiny model</b>: random weights, so images are noise. Load a real model for pictures."
-    if getattr(lab, "is_toy", False):
+    if is_teaching_model(lab):
         from ..toy.data import vocabulary
 
         return ("<b>Built-in teaching model</b>: an exact denoiser that can only draw its own pictures (shapes, "
