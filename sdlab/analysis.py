@@ -121,13 +121,16 @@ def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any],
     (checked, names resolved) before the first run, so a bad combination fails fast (or, with
     skip_invalid, leaves that cell empty); each run's settings hold the names it ran with.
 
+    records: keep each run's per-step tensors (for step grids, x0 statistics); without it, the step records
+      keep only their metadata (step, sigma, timestep, NFE, time) and each run its final latents and images.
     executor: a ``dask.distributed.Client`` (or any ``concurrent.futures.Executor``) to run the cells on.
       The model goes to the workers as a reference and is loaded there once (see sdlab.distributed); each
-      cell comes back small (records without tensors unless ``records=True``), in its place whatever the
-      order, and bit-identical to a local run. A cell that fails there becomes an error cell
-      (``sweep.errors``); a worker that dies has its cells retried. ``wait=False`` returns at once: the grid
-      fills in as cells finish (``sweep.finished``, ``sweep.wait()``). Interrupted, the sweep keeps what
-      came back (``sweep.interrupted``).
+      cell comes back in its place whatever the order, bit-identical to a local run.
+    With or without an executor a sweep behaves the same: one progress bar over the cells (the pipeline's
+    own bars are off meanwhile); a cell that fails at run time becomes an error cell (``sweep.errors``,
+    "Type: message") and the others complete; ``wait=False`` returns at once and the grid fills in as cells
+    finish (``sweep.finished``, ``sweep.wait()``); interrupted, the sweep keeps what came back
+    (``sweep.interrupted``). On a cluster, a worker that dies has its cells retried.
     """
     base = (base or Settings()).updated(**settings)
     if base.seed is None:
@@ -145,10 +148,6 @@ def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any],
                 errors[i, j] = str(exc)
     runs: list[list[Run | None]] = [[None] * len(x_values) for _ in y_values]
     result = Sweep(x=x, x_values=list(x_values), y=y, y_values=list(y_values), runs=runs, errors=errors)
-    if executor is None:
-        for (i, j), cell in cells.items():
-            runs[i][j] = lab.generate(cell)
-        return result
     from . import distributed
 
     def deliver(key, value):
@@ -157,17 +156,23 @@ def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any],
         else:
             runs[key[0]][key[1]] = distributed.unpack(value)
 
-    options = {"record": records}
-    tasks = {key: (distributed.run_cell, lab, cell.settings, options, records) for key, cell in cells.items()}
+    label = f"sweep {x}" + (f" x {y}" if y else "")
+    if executor is None:  # here, one cell after another, with the same records, progress and error cells
+        def gather():
+            result.interrupted = not distributed.run_here(lab, {k: c.settings for k, c in cells.items()},
+                                                          {"record": records}, deliver, progress=progress,
+                                                          label=label)
+    else:
+        tasks = {key: (distributed.run_cell, lab, cell.settings, {"record": records}, records)
+                 for key, cell in cells.items()}
 
-    def gather():
-        result.interrupted = not distributed.collect(executor, tasks, deliver, progress=progress,
-                                                     label=f"sweep {x}" + (f" x {y}" if y else ""))
+        def gather():
+            result.interrupted = not distributed.collect(executor, tasks, deliver, progress=progress, label=label)
 
     if wait:
         gather()
         if result.interrupted:
-            notice(f"sdlab: the sweep was interrupted; {result.finished} of {len(tasks) + len(errors)} cells are "
+            notice(f"sdlab: the sweep was interrupted; {result.finished} of {len(cells) + len(errors)} cells are "
                    "in the result.")
     else:
         result._thread = threading.Thread(target=gather, daemon=True, name="sdlab-sweep")

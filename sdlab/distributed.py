@@ -52,8 +52,7 @@ def pack(run: Run, records: bool = False) -> Run:
     # records keep the dtype they were recorded in (float16 unless the run asked for record_dtype=float32)
     recs = list(run.records) if records else [replace(r, latents=None, x0=None, noise_uncond=None, noise_cond=None)
                                               for r in run.records]
-    return replace(run, images=images, records=recs, error=None,
-                   final_latents=run.final_latents if records else None)
+    return replace(run, images=images, records=recs, error=None)
 
 
 def unpack(run: Run) -> Run:
@@ -64,19 +63,64 @@ def unpack(run: Run) -> Run:
     return replace(run, images=images)
 
 
-def run_cell(lab, settings, options: dict, records: bool) -> Run | CellError:
-    """What a worker runs for one cell: resolve the model (resident after the first cell), generate, pack.
-    Errors come back as data, so that a deterministic failure is not retried as if the worker had died."""
+def _where() -> str:
     import os
     import socket
 
-    where = f"{socket.gethostname()} pid {os.getpid()}"
+    return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+def _quiet(lab):
+    """The pipeline's own progress bar off while cells run (one bar over the cells instead); returns what to
+    restore."""
+    pipe = lab.pipe
+    before = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(**{**before, "disable": True})
+    return before
+
+
+def run_here(lab, cells: dict, options: dict, on_result: Callable[[Any, Any], None], *, progress: bool = True,
+             label: str = "cells") -> bool:
+    """``collect``'s twin for no executor: the cells one after another in this process, each delivered as
+    ``collect`` delivers it (the run, or a CellError for a cell that failed; no PNG round trip). Returns False
+    if interrupted (what finished stays delivered)."""
+    bar = _bar(len(cells), label) if progress else None
+    before = _quiet(lab) if cells else None
+    failed = 0
+    try:
+        for key, settings in cells.items():
+            try:
+                value = lab.generate(settings, **options)
+            except Exception as exc:  # noqa: BLE001 - any failure of the cell becomes its error cell
+                value = CellError(type(exc).__name__, str(exc), _where())
+                failed += 1
+            on_result(key, value)
+            if bar is not None:
+                bar.update(1)
+                if failed:
+                    bar.set_postfix(failed=failed)
+    except KeyboardInterrupt:
+        return False
+    finally:
+        if before is not None:
+            lab.pipe._progress_bar_config = before
+        if bar is not None:
+            bar.close()
+    return True
+
+
+def run_cell(lab, settings, options: dict, records: bool) -> Run | CellError:
+    """What a worker runs for one cell: resolve the model (resident after the first cell), generate, pack.
+    Errors come back as data, so that a deterministic failure is not retried as if the worker had died."""
+    where = _where()
     try:
         if isinstance(lab, LabReference):  # what a Lab becomes when sent: load it, or find it resident
             lab = lab.resolve()
-        if lab.is_loaded:
-            lab.pipe.set_progress_bar_config(disable=True)
-        return pack(lab.generate(settings, **options), records=records)
+        before = _quiet(lab)
+        try:
+            return pack(lab.generate(settings, **options), records=records)
+        finally:
+            lab.pipe._progress_bar_config = before
     except Exception as exc:  # noqa: BLE001 - any failure of the cell becomes its error cell
         return CellError(type(exc).__name__, str(exc), where)
 

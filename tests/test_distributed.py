@@ -175,3 +175,38 @@ def test_any_concurrent_futures_executor_works_too(lab):
     local = sdlab.sweep(lab, **GRID)
     assert [[r.image.tobytes() for r in row] for row in remote.runs] == \
         [[r.image.tobytes() for r in row] for row in local.runs]
+
+
+def test_a_sweep_means_the_same_with_and_without_an_executor(lab, monkeypatch, capsys):
+    from concurrent.futures import ThreadPoolExecutor
+
+    real = sdlab.Lab.generate
+
+    def generate(self, prompt=None, **kwargs):  # one cell fails at run time (after prepare passed it)
+        if getattr(prompt, "seed", None) == 12:
+            raise sdlab.GenerationError("the cell with seed 12 broke")
+        return real(self, prompt, **kwargs)
+
+    monkeypatch.setattr(sdlab.Lab, "generate", generate)
+    kw = dict(x="seed", x_values=[11, 12, 13], prompt="x", steps=3, width=32, height=32)
+    lab.pipe.set_progress_bar_config(disable=False)
+    local = sdlab.sweep(lab, **kw)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        remote = sdlab.sweep(lab, executor=pool, **kw)
+    bars = capsys.readouterr().err
+    # error cells alike: the failing cell is named, the others complete
+    assert local.errors == remote.errors and list(local.errors) == [(0, 1)]
+    assert local.errors[0, 1].startswith("GenerationError: the cell with seed 12 broke (on ")
+    assert local.runs[0][1] is None and remote.runs[0][1] is None
+    for a, b in ((local.runs[0][0], remote.runs[0][0]), (local.runs[0][2], remote.runs[0][2])):
+        assert a.image.tobytes() == b.image.tobytes() and torch.equal(a.final_latents, b.final_latents)
+        # records alike: metadata without tensors unless records=True
+        assert [r.sigma for r in a.records] == [r.sigma for r in b.records] and a.records[0].latents is None
+        assert b.records[0].latents is None
+    # progress alike: one bar over the cells each, none from the pipeline's own loop
+    assert bars.count("sdlab: sweep seed") >= 2 and "3/3" in bars and "it/s" not in bars.replace("cell/s", "")
+    assert lab.pipe._progress_bar_config.get("disable") is False  # the user's setting is back
+    kept = sdlab.sweep(lab, records=True, progress=False, **{**kw, "x_values": [11]})
+    assert kept.runs[0][0].records[0].latents is not None
+    later = sdlab.sweep(lab, wait=False, progress=False, **{**kw, "x_values": [11, 13]})
+    assert later.wait(60).done and later.finished == 2
