@@ -11,10 +11,13 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 PORT   ?= 8888
 PYTEST_ARGS ?=
+# Versions the suite passed with (see the file's header); `make constraints` writes it anew from .venv.
+CONSTRAINTS ?= constraints.txt
+PIP := $(PY) -m pip install -c $(CONSTRAINTS)
 
 STAMP := $(VENV)/.sdlab-installed
 
-.PHONY: setup lab test bench kernel browser clean
+.PHONY: setup lab test bench kernel browser clean constraints
 
 # k-diffusion (what A1111 and ComfyUI run) is the tests' independent reference for the samplers. Its
 # declared requirements pull a second, CUDA build of torch, wandb and training code; the samplers in
@@ -23,12 +26,12 @@ STAMP := $(VENV)/.sdlab-installed
 # part that wants setuptools<81 and the training stack, is never run).
 KDIFFUSION ?= k-diffusion==0.1.1.post1
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install $(TORCH)
-	$(PY) -m pip install -e '.[test]'
-	$(PY) -m pip install --no-deps $(KDIFFUSION)
+	$(PIP) pip
+	$(PIP) $(TORCH)
+	$(PIP) -e '.[test]'
+	$(PIP) --no-deps $(KDIFFUSION)
 	$(PY) -m ipykernel install --sys-prefix --name sdlab --display-name "Python (sdlab)"
 	touch $(STAMP)
 
@@ -55,6 +58,12 @@ test: $(STAMP) browser
 # sdlab's performance claims as ratios measured in one run; writes docs/benchmarks.md
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+# After changing dependencies and seeing the suite pass: pin what is installed now.
+constraints: $(STAMP)
+	{ sed -n '1,/^pip==/p' $(CONSTRAINTS) | sed '$$d'; echo "pip==$$($(PY) -m pip --version | cut -d' ' -f2)"; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^sdlab' | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -39,3 +39,21 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert re.search(r"^make test$", ci, re.M)
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^lab: ", makefile, re.M) and re.search(r"^test: ", makefile, re.M)
+
+
+def test_every_dependency_is_pinned_and_setup_installs_with_the_pins():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [r for r in project["dependencies"]] + [r for r in project["optional-dependencies"]["test"]
+                                                     if not r.startswith("sdlab")]
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    for req in wanted:
+        name = re.sub(r"\[.*\]", "", _split(req)[0]).replace("_", "-")
+        assert name in pins, f"{name} is a dependency but constraints.txt does not pin it"
+    assert "+" not in pins["torch"]  # the same pin takes a CPU or a CUDA wheel
+    makefile = (ROOT / "Makefile").read_text()
+    installs = [line for line in makefile.splitlines() if "pip install" in line or "$(PIP)" in line]
+    assert installs and all("$(PIP)" in line or "-c $(CONSTRAINTS)" in line for line in installs)
