@@ -84,29 +84,20 @@ def run_here(lab, cells: dict, options: dict, on_result: Callable[[Any, Any], No
     """``collect``'s twin for no executor: the cells one after another in this process, each delivered as
     ``collect`` delivers it (the run, or a CellError for a cell that failed; no PNG round trip). Returns False
     if interrupted (what finished stays delivered)."""
-    bar = _bar(len(cells), label) if progress else None
-    before = _quiet(lab) if cells else None
-    failed = 0
-    try:
+    def results():
         for key, settings in cells.items():
             try:
                 value = lab.generate(settings, **options)
             except Exception as exc:  # noqa: BLE001 - any failure of the cell becomes its error cell
                 value = CellError(type(exc).__name__, str(exc), _where())
-                failed += 1
-            on_result(key, value)
-            if bar is not None:
-                bar.update(1)
-                if failed:
-                    bar.set_postfix(failed=failed)
-    except KeyboardInterrupt:
-        return False
+            yield key, value
+
+    before = _quiet(lab) if cells else None
+    try:
+        return _deliver(results(), len(cells), on_result, progress, label)
     finally:
         if before is not None:
             lab.pipe._progress_bar_config = before
-        if bar is not None:
-            bar.close()
-    return True
 
 
 def run_cell(lab, settings, options: dict, records: bool) -> Run | CellError:
@@ -163,24 +154,36 @@ def collect(executor, tasks: dict[Any, tuple], on_result: Callable[[Any, Any], N
     futures = {}
     for key, (fn, *args) in tasks.items():
         futures[submit(executor, fn, *args)] = key
-    bar = _bar(len(futures), label) if progress else None
-    failed = 0
-    try:
+
+    def results():
         for future in as_completed(executor, futures):
-            key = futures[future]
             try:
                 value = future.result()
             except Exception as exc:  # noqa: BLE001
                 value = CellError(type(exc).__name__, str(exc))
-            if isinstance(value, CellError):
-                failed += 1
+            yield futures[future], value
+
+    done = _deliver(results(), len(futures), on_result, progress, label)
+    if not done:
+        cancel(executor, futures)
+    return done
+
+
+def _deliver(results: Iterable[tuple[Any, Any]], total: int, on_result: Callable[[Any, Any], None], progress: bool,
+             label: str) -> bool:
+    """Hand each (key, value) to ``on_result`` as it comes, with one progress bar (failures counted on it).
+    False if interrupted (KeyboardInterrupt): what came before stays delivered."""
+    bar = _bar(total, label) if progress else None
+    failed = 0
+    try:
+        for key, value in results:
+            failed += isinstance(value, CellError)
             on_result(key, value)
             if bar is not None:
                 bar.update(1)
                 if failed:
                     bar.set_postfix(failed=failed)
     except KeyboardInterrupt:
-        cancel(executor, futures)
         return False
     finally:
         if bar is not None:
