@@ -156,7 +156,8 @@ def scheduler_for(lab, prepared: Prepared):
     if prepared.scheduler is not None:
         return copy.deepcopy(prepared.scheduler)
     s, recipe = prepared.settings, prepared.recipe
-    options = {k: v for k, v in s.schedule_params.items() if k not in recipe.schedule_params}
+    own = S.SCHEDULES[recipe.schedule].params if recipe.schedule in S.SCHEDULES else {}
+    options = {k: v for k, v in s.schedule_params.items() if k not in own}  # the scheduler class's options
     return recipes.build(recipe, lab.default_scheduler.config, seed=s.seed, **options)
 
 

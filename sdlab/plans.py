@@ -42,7 +42,7 @@ def config_changes(scheduler, reference=None) -> dict[str, tuple[Any, Any]]:
     if recipe.via == "sdlab":
         how = ("set_timesteps(sigmas=...)" if recipe.entry.route == "sigmas"
                else "the sigma-conversion step, fractional timesteps")
-        out["noise levels"] = (None, f"A1111's {recipe.label.split(', ', 1)[1]} via {how}")
+        out["noise levels"] = (None, f"A1111's {recipe.schedule_text} via {how}")
     return out
 
 
@@ -54,9 +54,7 @@ def describe(scheduler, reference=None) -> str:
     recipe = recipe_of(scheduler)
     how = {"sdlab": "", "diffusers": " (diffusers' own version of the schedule)",
            "custom": f" (custom: {recipe.reason})"}[recipe.via]
-    params = ", ".join(f"{k}={v:g}" for k, v in recipe.params)
-    head = f"{recipe.sampler}, schedule {recipe.schedule_label}{f' ({params})' if params else ''}{how}: " \
-           f"{type(scheduler).__name__}"
+    head = f"{recipe.sampler}, schedule {recipe.schedule_text}{how}: {type(scheduler).__name__}"
     rows = [f"  {k}: {a!r} -> {b!r}" for k, (a, b) in config_changes(scheduler, reference).items() if k != "class"]
     return "\n".join([head, *rows]) if rows else head + " (same settings as the model's default)"
 

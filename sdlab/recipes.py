@@ -25,7 +25,6 @@ PLMS, DDPM, LCM) are the plain diffusers classes with that spacing.
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import math
 from dataclasses import dataclass
@@ -53,7 +52,8 @@ from diffusers.configuration_utils import FrozenDict
 
 from . import conventions as C
 from . import noise_schedules as S
-from .sampler_catalog import CATALOG, FLAGS, Sampler, check_params, diffusers_class, is_variance_exploding, resolve
+from .sampler_catalog import (CATALOG, FLAGS, Sampler, check_params, diffusers_class, diffusers_scheduler_class,
+                              is_variance_exploding, resolve)
 
 CONFIG_KEY = "_sdlab_recipe"  # where a scheduler's config keeps its recipe
 CUSTOM = S.CUSTOM
@@ -123,10 +123,15 @@ class Recipe:
         return CUSTOM if self.schedule == CUSTOM else S.schedule_label(self.schedule)
 
     @property
-    def label(self) -> str:
-        """"DPM++ 2M, Karras" (with its parameters where they are not the defaults)."""
+    def schedule_text(self) -> str:
+        """"Karras", or "Karras (rho=3)" where its parameters are not the defaults."""
         params = ", ".join(f"{k}={v:g}" for k, v in self.params)
-        return f"{self.sampler}, {self.schedule_label}" + (f" ({params})" if params else "")
+        return self.schedule_label + (f" ({params})" if params else "")
+
+    @property
+    def label(self) -> str:
+        """"DPM++ 2M, Karras"."""
+        return f"{self.sampler}, {self.schedule_text}"
 
     def levels(self, n: int, training: S.TrainingSchedule | None = None) -> np.ndarray:
         """The noise levels A1111 runs for this sampler and schedule at n steps (``schedule_levels``);
@@ -189,17 +194,23 @@ def schedule_levels(schedule: str, n: int, training: S.TrainingSchedule, family:
 # Schedulers that follow a recipe
 # ---------------------------------------------------------------------------------------------------
 
+_LARGEST_SIGMA = object()  # FollowsRecipe's start for VE samples: max(sigmas), exactly as diffusers computes it
+
+
 class FollowsRecipe:
     """Mixin for a diffusers scheduler: ``set_timesteps(n)`` runs the noise levels of the recipe in its
     config. Without a recipe, or called with the caller's own sigmas or timesteps, it is the diffusers class."""
 
     def _recipe(self) -> Recipe | None:
+        """The config's recipe, where it is one for this class (``recipe_of`` reports any other case)."""
         data = self.config.get(CONFIG_KEY)
         if data is None:
             return None
-        recipe = Recipe.from_config(data)
-        entry = recipe.entry
-        return recipe if entry.scheduler_class == diffusers_class(self).__name__ else None
+        try:
+            recipe = Recipe.from_config(data)
+        except ValueError:
+            return None
+        return recipe if recipe.entry.scheduler_class == diffusers_class(self).__name__ else None
 
     def set_timesteps(self, num_inference_steps=None, device=None, *args, **kwargs):
         self.__dict__["_sdlab_start"] = None
@@ -226,7 +237,7 @@ class FollowsRecipe:
                     self.timesteps = torch.from_numpy(t).to(device=self.timesteps.device, dtype=torch.float32)
         # A1111's k-diffusion samplers start from sigma_0 x noise: as is for VE samples, in VP form for the others
         if is_variance_exploding(self):
-            self.__dict__["_sdlab_start"] = "sigma_0"  # what the class's linspace start computes: max(sigmas)
+            self.__dict__["_sdlab_start"] = _LARGEST_SIGMA
         elif recipe.entry.k_diffusion_start:
             self.__dict__["_sdlab_start"] = float(C.vp_sigma(levels[0]))  # sigma_0 x noise, in VP form
 
@@ -258,7 +269,7 @@ class FollowsRecipe:
         """What the pipeline multiplies the starting noise by: sigma_0 (in the sample's form) when the
         recipe's levels run, else the diffusers class's own."""
         start = self.__dict__.get("_sdlab_start")
-        if start == "sigma_0":
+        if start is _LARGEST_SIGMA:  # as the diffusers class computes it for linspace spacing
             return self.sigmas.max()
         if start is not None:
             return start
@@ -372,7 +383,7 @@ def build(recipe: Recipe, base: Mapping, *, seed: int | None = None, **options: 
     if spec is None:
         raise ValueError(f"{recipe.label} is custom: it has no catalog entry to build from.")
     check_params(spec, recipe.schedule, options)
-    diffusers_cls = _diffusers(spec.scheduler_class)
+    diffusers_cls = diffusers_scheduler_class(spec.scheduler_class)
     init = _init_params(diffusers_cls)
     overrides: dict[str, Any] = {k: v for k, v in _PITFALLS.items() if k in init}
     overrides.update(spec.options)
@@ -449,8 +460,9 @@ def recipe_of(scheduler) -> Recipe:
             recipe = None
         if recipe is not None and _agrees(recipe, base, config):
             sdlab_runs = isinstance(scheduler, FollowsRecipe) and recipe.entry.route != "spacing"
-            if sdlab_runs or recipe.entry.route == "spacing" or S.SCHEDULES[recipe.schedule].flag is not None \
-                    or S.SCHEDULES[recipe.schedule].spacing is not None:
+            # a plain class runs a schedule diffusers has an option for; others it runs as uniform (below)
+            st = S.SCHEDULES.get(recipe.schedule)
+            if sdlab_runs or st is None or st.flag is not None or st.spacing is not None:
                 return Recipe.of(recipe.entry, recipe.schedule, family=recipe.family, params=recipe.schedule_params,
                                  via="sdlab" if sdlab_runs else "diffusers")
     return _identify(base, config)
@@ -512,16 +524,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _diffusers(name: str) -> type:
-    import diffusers
-
-    return getattr(diffusers, name)
-
-
 def _init_params(cls: type) -> set[str]:
     return set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
 
 
-def copy_scheduler(scheduler):
-    """A private copy of a scheduler for one run (its config, hence its recipe, comes along)."""
-    return copy.deepcopy(scheduler)

@@ -68,7 +68,7 @@ class Sampler:
     @property
     def route(self) -> Route:
         """How this sampler's scheduler is made to follow a schedule (see the module docstring)."""
-        return _route(_scheduler_class(self.scheduler_class))
+        return _route(diffusers_scheduler_class(self.scheduler_class))
 
     def supported_schedules(self) -> list[str]:
         """The schedule types this sampler can follow."""
@@ -321,7 +321,8 @@ def _route(cls) -> Route:
     return "spacing"
 
 
-def _scheduler_class(name: str):
+def diffusers_scheduler_class(name: str):
+    """A diffusers scheduler class by its name (the catalog's ``scheduler_class``)."""
     import diffusers
 
     return getattr(diffusers, name)
@@ -332,7 +333,7 @@ def check_params(spec: Sampler, concrete: str, params: Mapping[str, Any]) -> Non
     parameters that are not finite numbers, naming what is accepted."""
     st = S.SCHEDULES.get(concrete)
     own = dict(st.params) if st is not None else {}
-    init = set(inspect.signature(_scheduler_class(spec.scheduler_class).__init__).parameters) - {"self", "kwargs"}
+    init = set(inspect.signature(diffusers_scheduler_class(spec.scheduler_class).__init__).parameters) - {"self", "kwargs"}
     unknown = sorted(k for k in params if k not in own and k not in init)
     if unknown:
         raise ValueError(f"{unknown} are neither parameters of the {concrete!r} schedule (it takes "

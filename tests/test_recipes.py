@@ -264,3 +264,17 @@ def test_a_saved_pipeline_keeps_its_levels(lab, tmp_path):
     assert sdlab.recipe_of(loaded) == sdlab.recipe_of(sdlab.make_scheduler(lab, "DPM2", "karras"))
     assert sdlab.plan(loaded, 6).sigmas == pytest.approx(
         sdlab.recipe_of(loaded).levels(6, S.TrainingSchedule.of(loaded)), rel=2 ** -23)
+
+
+def test_a_recipe_is_one_value_from_names_or_from_a_scheduler():
+    r = sdlab.Recipe.resolve("DPM++ 2M Karras")
+    assert r == sdlab.recipe_of(fresh("DPM++ 2M", "karras")) == sdlab.Recipe.resolve("dpmpp_2m", "Karras")
+    assert sdlab.Recipe.resolve("Euler", "karras", params={"rho": 7.0}) == sdlab.Recipe.resolve("Euler", "karras")
+    rho3 = sdlab.Recipe.resolve("Euler", "karras", params={"rho": 3})
+    assert rho3.label == "Euler, Karras (rho=3)" and rho3.schedule_params == {"rho": 3.0}
+    assert sdlab.recipe_of(sdlab.make_scheduler(SD15, "Euler", "karras", rho=3)) == rho3
+    assert pickle.loads(pickle.dumps(rho3)) == rho3 and recipes.Recipe.from_config(rho3.to_config()) == rho3
+    with pytest.raises(ValueError, match="rho must be a finite number"):
+        sdlab.Recipe.resolve("Euler", "karras", params={"rho": float("nan")})
+    with pytest.raises(ValueError, match="cannot follow"):
+        recipes.Recipe.from_config({"sampler": "Euler a", "schedule": "karras"})
