@@ -159,9 +159,8 @@ def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any],
     label = f"sweep {x}" + (f" x {y}" if y else "")
     if executor is None:  # here, one cell after another, with the same records, progress and error cells
         def gather():
-            result.interrupted = not distributed.run_here(lab, {k: c.settings for k, c in cells.items()},
-                                                          {"record": records}, deliver, progress=progress,
-                                                          label=label)
+            result.interrupted = not distributed.run_here(lab, cells, {"record": records}, deliver,
+                                                          progress=progress, label=label)
     else:
         tasks = {key: (distributed.run_cell, lab, cell.settings, {"record": records}, records)
                  for key, cell in cells.items()}

@@ -18,7 +18,9 @@ SLURM machine ``dask_jobqueue.SLURMCluster(...)`` then ``cluster.scale(jobs=4)``
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
@@ -70,34 +72,46 @@ def _where() -> str:
     return f"{socket.gethostname()} pid {os.getpid()}"
 
 
+_QUIET_LOCK = threading.Lock()
+_QUIET: dict[int, list] = {}  # id(pipe) -> [cells running quietly on it, the user's own bar settings]
+
+
+@contextlib.contextmanager
 def _quiet(lab):
-    """The pipeline's own progress bar off while cells run (one bar over the cells instead); returns what to
-    restore."""
+    """The pipeline's own progress bar off while cells run (one bar over the cells instead), and the user's
+    setting back when the last cell on that pipeline ends (cells of an in-process executor overlap)."""
     pipe = lab.pipe
-    before = dict(getattr(pipe, "_progress_bar_config", {}))
-    pipe.set_progress_bar_config(**{**before, "disable": True})
-    return before
+    with _QUIET_LOCK:
+        entry = _QUIET.setdefault(id(pipe), [0, dict(getattr(pipe, "_progress_bar_config", {}))])
+        entry[0] += 1
+        pipe.set_progress_bar_config(**{**entry[1], "disable": True})
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                pipe._progress_bar_config = entry[1]
+                del _QUIET[id(pipe)]
 
 
 def run_here(lab, cells: dict, options: dict, on_result: Callable[[Any, Any], None], *, progress: bool = True,
              label: str = "cells") -> bool:
-    """``collect``'s twin for no executor: the cells one after another in this process, each delivered as
-    ``collect`` delivers it (the run, or a CellError for a cell that failed; no PNG round trip). Returns False
-    if interrupted (what finished stays delivered)."""
+    """``collect``'s twin for no executor: the cells (prepared runs: their names are resolved already) one
+    after another in this process, each delivered as ``collect`` delivers it (the run, or a CellError for a
+    cell that failed; no PNG round trip). Returns False if interrupted (what finished stays delivered)."""
     def results():
-        for key, settings in cells.items():
+        for key, prepared in cells.items():
             try:
-                value = lab.generate(settings, **options)
+                value = lab.generate(prepared, **options)
             except Exception as exc:  # noqa: BLE001 - any failure of the cell becomes its error cell
                 value = CellError(type(exc).__name__, str(exc), _where())
             yield key, value
 
-    before = _quiet(lab) if cells else None
-    try:
+    if not cells:
+        return _deliver(iter(()), 0, on_result, progress, label)
+    with _quiet(lab):
         return _deliver(results(), len(cells), on_result, progress, label)
-    finally:
-        if before is not None:
-            lab.pipe._progress_bar_config = before
 
 
 def run_cell(lab, settings, options: dict, records: bool) -> Run | CellError:
@@ -107,11 +121,8 @@ def run_cell(lab, settings, options: dict, records: bool) -> Run | CellError:
     try:
         if isinstance(lab, LabReference):  # what a Lab becomes when sent: load it, or find it resident
             lab = lab.resolve()
-        before = _quiet(lab)
-        try:
-            return pack(lab.generate(settings, **options), records=records)
-        finally:
-            lab.pipe._progress_bar_config = before
+        with _quiet(lab):  # (cells of an in-process executor's threads share one model: they take turns)
+            return pack(lab.generate(settings, queue=True, **options), records=records)
     except Exception as exc:  # noqa: BLE001 - any failure of the cell becomes its error cell
         return CellError(type(exc).__name__, str(exc), where)
 

@@ -375,7 +375,7 @@ class _Tap:
 
 
 def generate(lab, prompt: str | Settings | Prepared | None = None, *, stop: threading.Event | None = None,
-             scheduler=None, _started: Callable[[Run], Any] | None = None, **kwargs) -> Run:
+             scheduler=None, queue: bool = False, _started: Callable[[Run], Any] | None = None, **kwargs) -> Run:
     """Run the pipeline, recording every step. The arguments are :class:`~sdlab.settings.Settings`
     fields (diffusers' names guidance_scale, num_inference_steps, num_images_per_prompt work too) and
     :class:`~sdlab.settings.RunOptions` fields:
@@ -389,9 +389,12 @@ def generate(lab, prompt: str | Settings | Prepared | None = None, *, stop: thre
     on_step: called with a StepEvent after every UNet call (in the thread that runs the pipeline). On CUDA
       the record tensors are copied asynchronously and complete when the run ends; during the run read
       ``event.preview``, which is already on the host.
+    queue: while another run is going on this model, wait for it to end (runs from several threads then
+      take turns) instead of raising BusyError.
     """
     prepared, options = _parse(lab, prompt, kwargs, scheduler)
-    return _run(lab, prepared, options, make_previewer(lab, options), stop or threading.Event(), _started)
+    return _run(lab, prepared, options, make_previewer(lab, options), stop or threading.Event(), _started,
+                queue=queue)
 
 
 def _parse(lab, prompt, kwargs: dict, scheduler) -> tuple[Prepared, RunOptions]:
@@ -416,13 +419,14 @@ _BUSY = ("A run is already going on this model. Stop it (job.stop()) or wait for
 
 
 def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | None, stop: threading.Event,
-         started: Callable[[Run], Any] | None = None, *, locked: bool = False) -> Run:
+         started: Callable[[Run], Any] | None = None, *, locked: bool = False, queue: bool = False) -> Run:
     """One run. ``locked``: the caller already holds ``lab._lock`` for it (generate_async takes it in the
-    caller's thread, so that two callers cannot both pass the check); it is released here either way."""
+    caller's thread, so that two callers cannot both pass the check); it is released here either way.
+    ``queue``: wait for the lock instead of raising BusyError."""
     from . import plans
 
     settings = prepared.settings
-    if not locked and not lab._lock.acquire(blocking=False):
+    if not locked and not lab._lock.acquire(blocking=queue):
         raise BusyError(_BUSY)
     try:
         scheduler = scheduler_for(lab, prepared)
@@ -443,6 +447,7 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
         if started is not None:
             started(run)
         pipe = lab.pipe
+        installed = pipe.scheduler  # what the user set (set_sampler, or by hand): back after the run
         pipe.scheduler = scheduler
         t0 = time.perf_counter()
         tap = _Tap(lab, run, scheduler, options, previewer, stop)
@@ -467,6 +472,7 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
             raise
         finally:
             pipe._interrupt = False
+            pipe.scheduler = installed
         tap.finish()
         run.stopped = stop.is_set() and len(run.records) < run.plan.nfe
         run.final_latents = tap.last_latents.detach().float().cpu() if tap.last_latents is not None else None

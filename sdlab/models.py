@@ -109,14 +109,18 @@ class Lab:
     requested: str | None = None  # what the user asked for, when sdlab fell back to something else
     _pipe: Any = field(default=None, repr=False)
     _default_scheduler: Any = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # held by whatever changes the model
+    _unloaded_because: str = field(default="", repr=False)
+
+    def _unloaded(self) -> ModelUnloadedError:
+        why = f" ({self._unloaded_because})" if self._unloaded_because else ""
+        return ModelUnloadedError(f"The model {self.source!r} was unloaded{why}. Load it again with "
+                                  f"lab = sdlab.load({self.source!r}) and use the new handle.")
 
     @property
     def pipe(self):
         if self._pipe is None:
-            raise ModelUnloadedError(
-                f"The model {self.source!r} was unloaded. Load it again with sdlab.load({self.source!r})."
-            )
+            raise self._unloaded()
         return self._pipe
 
     @property
@@ -138,6 +142,8 @@ class Lab:
     @property
     def default_scheduler(self):
         """The scheduler the model shipped with (a private copy, never modified by sdlab)."""
+        if self._default_scheduler is None:
+            raise self._unloaded()
         return self._default_scheduler
 
     @property
@@ -169,11 +175,20 @@ class Lab:
 
     def set_sampler(self, sampler: str, schedule: str = "automatic", **params: Any):
         """Install a catalog sampler on the pipeline (built from the model's own scheduler config); the
-        weights are untouched. Returns the scheduler."""
+        weights are untouched. Returns the scheduler. While a run is going on this model it raises BusyError
+        (the run goes on unchanged): install it after the run."""
+        from .generation import BusyError
         from .recipes import make_scheduler
 
         scheduler = make_scheduler(self, sampler, schedule, **params)
-        self.pipe.scheduler = scheduler
+        if not self._lock.acquire(blocking=False):
+            raise BusyError(f"A run is going on {self.source!r}: set_sampler would change its scheduler mid-run. "
+                            "Wait for it (job.wait()) or stop it (job.stop()), then set the sampler; or pass "
+                            "sampler=... to the next generate call.")
+        try:
+            self.pipe.scheduler = scheduler
+        finally:
+            self._lock.release()
         return scheduler
 
     def generate(self, prompt=None, **kwargs):
@@ -352,7 +367,8 @@ def _load_source(model: str, dev: torch.device, dt: torch.dtype, variant: str | 
             _, old = next(iter(_RESIDENT.items()))
             notice(f"sdlab: at most {_max_resident} models stay loaded; unloading the least recently used, "
                    f"{old.source!r}, first (sdlab.set_max_resident(n) changes the limit).", stacklevel=4)
-            unload(old)
+            unload(old, because=f"evicted to load {source!r}: at most {_max_resident} models stay loaded; "
+                                "sdlab.set_max_resident(n) raises the limit")
         pipe = _load_pipeline(kind, source, dt, variant, offline, pipeline_kwargs)
         LOADS[source] = LOADS.get(source, 0) + 1
         try:
@@ -571,11 +587,13 @@ def loaded() -> list[Resident]:
         return [_resident_row(lab) for lab in _RESIDENT.values()]
 
 
-def unload(which: Lab | str | None = None) -> UnloadReport:
+def unload(which: Lab | str | None = None, *, because: str = "sdlab.unload()") -> UnloadReport:
     """Free one model (a handle, or every handle of a source such as 'tiny'), or all when ``which`` is None.
 
     Drops sdlab's references and the handle's pipeline, clears the stored traceback of the last
-    exception (which would keep tensors alive), collects garbage and empties the CUDA cache.
+    exception (which would keep tensors alive), collects garbage and empties the CUDA cache. A model with a
+    run going is not unloaded: BusyError, and nothing is unloaded. A handle used afterwards says that it was
+    unloaded (``because``) and how to load it again.
     """
     cuda = torch.cuda.is_available()
     before = torch.cuda.memory_allocated() if cuda else None
@@ -595,14 +613,27 @@ def unload(which: Lab | str | None = None) -> UnloadReport:
                 except LoadError:
                     source = None
                 victims = [(k, v) for k, v in _RESIDENT.items() if v.source == source]
-        freed = []
-        for key, lab in victims:
-            if lab.is_loaded:
-                freed.append(_resident_row(lab))
-            if key is not None:
-                _RESIDENT.pop(key, None)
-            lab._pipe = None
-            lab._default_scheduler = None
+        held = []
+        try:
+            for _, lab in victims:  # every victim's lock first: all of them are unloaded, or none
+                if not lab._lock.acquire(blocking=False):
+                    from .generation import BusyError
+
+                    raise BusyError(f"A run is going on {lab.source!r}; it cannot be unloaded ({because}) until "
+                                    "the run ends: wait for it (job.wait()) or stop it (job.stop()).")
+                held.append(lab)
+            freed = []
+            for key, lab in victims:
+                if lab.is_loaded:
+                    freed.append(_resident_row(lab))
+                if key is not None:
+                    _RESIDENT.pop(key, None)
+                lab._pipe = None
+                lab._default_scheduler = None
+                lab._unloaded_because = because
+        finally:
+            for lab in held:
+                lab._lock.release()
     _clear_last_traceback()
     gc.collect()
     if cuda:

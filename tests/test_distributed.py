@@ -183,7 +183,7 @@ def test_a_sweep_means_the_same_with_and_without_an_executor(lab, monkeypatch, c
     real = sdlab.Lab.generate
 
     def generate(self, prompt=None, **kwargs):  # one cell fails at run time (after prepare passed it)
-        if getattr(prompt, "seed", None) == 12:
+        if getattr(getattr(prompt, "settings", prompt), "seed", None) == 12:  # (Settings, or a prepared run)
             raise sdlab.GenerationError("the cell with seed 12 broke")
         return real(self, prompt, **kwargs)
 

@@ -152,7 +152,7 @@ def test_cfg_combination_is_what_the_scheduler_got(lab):
     eps = first.noise_uncond.float() + cfg * (first.noise_cond.float() - first.noise_uncond.float())
     noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(9))
     sigma0 = run.plan.sigmas[0]
-    x_start = noise * float(lab.pipe.scheduler.init_noise_sigma)
+    x_start = noise * float(run.plan.init_noise_sigma)
     expected_x0 = x_start - sigma0 * eps
     assert torch.allclose(first.x0.float(), expected_x0, atol=expected_x0.abs().max().item() * 3e-3)
 

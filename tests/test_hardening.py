@@ -278,3 +278,91 @@ def test_damaged_sdlab_settings_fall_back_to_the_a1111_text(lab, tmp_path):
     run.image.save(only, pnginfo=info)
     with pytest.raises(ValueError, match="damaged and it has no A1111 text"):
         sdlab.read_settings(only)
+
+
+# --- one lock per model: nothing changes a model while a run is going ---------------------------------------
+KW = dict(prompt="a lighthouse", steps=6, seed=4, width=32, height=32, sampler="DPM++ 2M")
+
+
+def test_set_sampler_during_a_run_is_refused_and_the_run_is_unchanged(lab):
+    plain = lab.generate(**KW)
+    refused = []
+
+    def meddle(event):  # from the callback, in the run's own thread
+        try:
+            lab.set_sampler("Euler")
+        except BusyError as exc:
+            refused.append(str(exc))
+
+    run = lab.generate(**KW, on_step=meddle)
+    assert len(refused) == plain.nfe and "A run is going on 'tiny'" in refused[0]
+    assert run.image.tobytes() == plain.image.tobytes()
+    started, errors = threading.Event(), []
+
+    def other_thread():
+        started.wait(10)
+        for _ in range(20):
+            try:
+                lab.set_sampler("Euler a")
+            except BusyError:
+                errors.append("busy")
+            time.sleep(0.001)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    run = lab.generate(**KW, on_step=lambda e: started.set())
+    t.join(10)
+    assert run.image.tobytes() == plain.image.tobytes()
+
+
+def test_a_plain_pipe_call_after_generate_runs_what_the_user_set(lab):
+    mine = lab.set_sampler("DDIM")
+    lab.generate(**KW)  # DPM++ 2M for this run only
+    assert lab.pipe.scheduler is mine
+    with pytest.raises(ValueError):
+        lab.generate(**{**KW, "sampler": "Eulr"})
+    assert lab.pipe.scheduler is mine
+
+
+def test_threads_of_an_executor_on_one_model_take_turns(lab):
+    from concurrent.futures import ThreadPoolExecutor
+
+    grid = dict(x="seed", x_values=[1, 2, 3, 4], prompt="x", steps=3, width=32, height=32, progress=False)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        threaded = sdlab.sweep(lab, executor=pool, **grid)
+    local = sdlab.sweep(lab, **grid)
+    assert threaded.errors == {}
+    assert [r.image.tobytes() for r in threaded.runs[0]] == [r.image.tobytes() for r in local.runs[0]]
+    assert lab.pipe._progress_bar_config.get("disable") is True  # (the lab fixture's own setting, kept)
+
+
+def test_an_unloaded_or_evicted_model_says_so_and_how_to_load_it(clean_registry):
+    lab = sdlab.load("tiny")
+    sdlab.unload(lab)
+    for call in (lambda: lab.generate("x", steps=2), lambda: lab.set_sampler("Euler"),
+                 lambda: sdlab.make_scheduler(lab, "Euler"), lambda: lab.default_scheduler):
+        with pytest.raises(sdlab.ModelUnloadedError, match=r"'tiny' was unloaded \(sdlab.unload\(\)\).*sdlab.load\('tiny'\)"):
+            call()
+    sdlab.set_max_resident(1)
+    first = sdlab.load("tiny")
+    sdlab.load("toy")
+    with pytest.raises(sdlab.ModelUnloadedError, match="evicted to load 'toy': at most 1 models stay loaded"):
+        first.generate("x", steps=2)
+
+
+def test_a_model_with_a_run_going_is_not_unloaded(clean_registry):
+    lab = sdlab.load("tiny")
+    lab.pipe.set_progress_bar_config(disable=True)
+    outcome = {}
+
+    def try_unload(event):
+        if "error" not in outcome:
+            try:
+                sdlab.unload(lab)
+            except BusyError as exc:
+                outcome["error"] = str(exc)
+
+    run = lab.generate(**KW, on_step=try_unload)
+    assert "cannot be unloaded (sdlab.unload())" in outcome["error"] and lab.is_loaded and run.image is not None
+    sdlab.unload(lab)
+    assert not lab.is_loaded
