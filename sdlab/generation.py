@@ -139,13 +139,20 @@ validate = prepare_settings  # the name it had first (it also completes the sett
 
 
 def _scheduler_from_config(config: dict):
+    """A scheduler from a config that came from outside (settings read from a file): checked first
+    (``recipes.check_scheduler_config``), and what diffusers still refuses said as one ValueError."""
     from . import recipes
 
     try:
+        recipes.check_scheduler_config(config)
         cls = recipes.scheduler_class(config.get("_class_name"))
     except ValueError as exc:
         raise ValueError(f"scheduler_config: {exc}") from None
-    return cls.from_config(config)
+    try:
+        return cls.from_config(config)
+    except (ValueError, TypeError, KeyError, NotImplementedError, AttributeError) as exc:
+        raise ValueError(f"scheduler_config: diffusers could not build {cls.__name__} from it ({exc}). Drop the "
+                         "scheduler_config to run the settings' sampler and schedule.") from None
 
 
 def scheduler_for(lab, prepared: Prepared):

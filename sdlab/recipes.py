@@ -210,7 +210,8 @@ class FollowsRecipe:
             recipe = Recipe.from_config(data)
         except ValueError:
             return None
-        return recipe if recipe.entry.scheduler_class == diffusers_class(self).__name__ else None
+        # only where the config's own options still say it (what recipe_of checks too): one answer
+        return recipe if _agrees(recipe, diffusers_class(self), self.config) else None
 
     def set_timesteps(self, num_inference_steps=None, device=None, *args, **kwargs):
         self.__dict__["_sdlab_start"] = None
@@ -326,6 +327,47 @@ class SdlabDEISMultistepScheduler(FollowsRecipe, DEISMultistepScheduler):
 
 SCHEDULER_CLASSES: dict[str, type] = {c.__name__: c for c in FollowsRecipe.__subclasses__()}
 _FOLLOWING: dict[str, type] = {diffusers_class(c).__name__: c for c in SCHEDULER_CLASSES.values()}
+
+
+# What a scheduler config from outside (a file's settings) may hold: diffusers allocates and loops over these
+# numbers when it builds the scheduler (one entry per training timestep), so they are bounded before it does.
+_CONFIG_RANGES: dict[str, tuple[float, float, bool]] = {  # key: (lowest, highest, whole number)
+    "num_train_timesteps": (1, 10_000, True), "steps_offset": (0, 10_000, True), "solver_order": (1, 3, True),
+    "beta_start": (0.0, 1.0, False), "beta_end": (0.0, 1.0, False), "noise_sampler_seed": (0, 2 ** 63 - 1, True),
+    "sample_max_value": (0.0, 1e6, False), "dynamic_thresholding_ratio": (0.0, 1.0, False)}
+
+
+_CONFIG_CHOICES = {"timestep_spacing": ("linspace", "leading", "trailing"),
+                   "prediction_type": ("epsilon", "v_prediction", "sample"),
+                   "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2")}
+
+
+def check_scheduler_config(config: Any) -> Mapping:
+    """A scheduler config from outside (``Settings.scheduler_config`` read from a file) checked before anything
+    is built from it: its class is a scheduler (``scheduler_class``), its sizes and numbers are in range, its
+    recipe (if any) is one. Raises ValueError naming the key."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"scheduler_config must be a dict (a diffusers scheduler config), not {type(config).__name__}.")
+    scheduler_class(config.get("_class_name"))
+    for key, (lo, hi, whole) in _CONFIG_RANGES.items():
+        v = config.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi \
+                or (whole and int(v) != v):
+            kind = "a whole number" if whole else "a number"
+            raise ValueError(f"scheduler_config[{key!r}] is {v!r}; it must be {kind} from {lo:g} to {hi:g}.")
+    for key, choices in _CONFIG_CHOICES.items():
+        if key in config and config[key] not in choices:
+            raise ValueError(f"scheduler_config[{key!r}] is {config[key]!r}; it must be one of {', '.join(choices)}.")
+    betas = config.get("trained_betas")
+    if betas is not None:
+        if not isinstance(betas, (list, tuple)) or not 1 <= len(betas) <= _CONFIG_RANGES["num_train_timesteps"][1] \
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1 for b in betas):
+            raise ValueError("scheduler_config['trained_betas'] must be a list of 1 to 10000 numbers between 0 and 1.")
+    if CONFIG_KEY in config:
+        Recipe.from_config(config[CONFIG_KEY])
+    return config
 
 
 def scheduler_class(name: str) -> type:

@@ -366,3 +366,35 @@ def test_a_model_with_a_run_going_is_not_unloaded(clean_registry):
     assert "cannot be unloaded (sdlab.unload())" in outcome["error"] and lab.is_loaded and run.image is not None
     sdlab.unload(lab)
     assert not lab.is_loaded
+
+
+def test_a_scheduler_config_from_a_file_is_checked_before_anything_is_built(lab, tmp_path):
+    import json
+
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    run = lab.generate("a castle", steps=3, seed=8, width=32, height=32, scheduler=sdlab.make_scheduler(lab, "Euler"))
+    data = json.loads(Image.open(run.save(tmp_path / "good.png")).text["sdlab"])
+    bad_cases = {
+        "num_train_timesteps": (1_000_000_000, "num_train_timesteps'] is 1000000000; it must be a whole number"),
+        "beta_end": (float("nan"), "beta_end'] is nan"),
+        "trained_betas": ([0.5] * 20_000, "trained_betas'] must be a list of 1 to 10000"),
+        "_class_name": ("os.system", "is not a diffusers scheduler class"),
+        "_sdlab_recipe": ({"sampler": "Euler", "schedule": "karras", "params": {"rho": -1}}, "rho must be a finite"),
+        "timestep_spacing": ("sideways", "timestep_spacing'] is 'sideways'; it must be one of linspace"),
+        "use_beta_sigmas": (True, "diffusers could not build SdlabEulerDiscreteScheduler"),  # and use_karras_sigmas
+    }
+    for key, (value, message) in bad_cases.items():
+        doc = json.loads(json.dumps(data))
+        doc["settings"]["scheduler_config"][key] = value
+        if key == "use_beta_sigmas":
+            doc["settings"]["scheduler_config"]["use_karras_sigmas"] = True
+        info = PngInfo()
+        info.add_text("sdlab", json.dumps(doc))
+        path = tmp_path / f"bad-{key}.png"
+        run.image.save(path, pnginfo=info)
+        settings = sdlab.read_settings(path)
+        with pytest.raises(ValueError, match=r"scheduler_config.*" + message.replace("[", r"\[").replace("(", r"\(")):
+            lab.generate(settings)
+    assert lab.generate(sdlab.read_settings(tmp_path / "good.png")).image.tobytes() == run.image.tobytes()

@@ -277,3 +277,14 @@ def test_a_recipe_is_one_value_from_names_or_from_a_scheduler():
         sdlab.Recipe.resolve("Euler", "karras", params={"rho": float("nan")})
     with pytest.raises(ValueError, match="cannot follow"):
         recipes.Recipe.from_config({"sampler": "Euler a", "schedule": "karras"})
+
+
+def test_a_scheduler_follows_its_recipe_only_while_its_config_says_it():
+    from diffusers import EulerDiscreteScheduler
+
+    s = fresh("Euler", "karras")
+    changed = type(s).from_config(s.config, use_karras_sigmas=False)
+    r = sdlab.recipe_of(changed)
+    assert (r.sampler, r.schedule, r.via) == ("Euler", "uniform", "diffusers")
+    plain = EulerDiscreteScheduler.from_config(SD15, timestep_spacing="linspace")
+    assert_same_run(trajectory(changed), trajectory(plain))
