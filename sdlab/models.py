@@ -111,6 +111,8 @@ class Lab:
     _default_scheduler: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # held by whatever changes the model
     _unloaded_because: str = field(default="", repr=False)
+    _allow_pickle: bool = field(default=False, repr=False)  # as it was loaded: a pickled Lab loads the same way
+    _load_kwargs: dict = field(default_factory=dict, repr=False)  # the pipeline_kwargs it was loaded with
 
     def _unloaded(self) -> ModelUnloadedError:
         why = f" ({self._unloaded_because})" if self._unloaded_because else ""
@@ -164,14 +166,18 @@ class Lab:
     @property
     def reference(self) -> LabReference:
         """Where and how this model was loaded: what a pickled Lab carries instead of its weights."""
+        plain = {k: v for k, v in self._load_kwargs.items() if v is None or isinstance(v, (str, int, float, bool))}
         return LabReference(source=self.source, device=self.device.type, dtype=devices.dtype_name(self.dtype),
-                            variant=self.variant, allow_pickle=self.source.lower().endswith((".ckpt", ".pt", ".bin")))
+                            variant=self.variant, allow_pickle=self._allow_pickle,
+                            pipeline_kwargs=tuple(sorted(plain.items())),
+                            unsent=tuple(sorted(set(self._load_kwargs) - set(plain))))
 
     def __reduce__(self):
         # a Lab sent to another process (a Dask worker) arrives as its reference, never its weights; the
-        # reference loads it there when first used
-        return (LabReference, (self.source, self.device.type, devices.dtype_name(self.dtype), self.variant,
-                               self.reference.allow_pickle))
+        # reference loads it there when first used, with the same options (config=..., allow_pickle)
+        ref = self.reference
+        return (LabReference, (ref.source, ref.device, ref.dtype, ref.variant, ref.allow_pickle, ref.pipeline_kwargs,
+                               ref.unsent))
 
     def set_sampler(self, sampler: str, schedule: str = "automatic", **params: Any):
         """Install a catalog sampler on the pipeline (built from the model's own scheduler config); the
@@ -381,6 +387,7 @@ def _load_source(model: str, dev: torch.device, dt: torch.dtype, variant: str | 
         if source in BUILTINS and announce:
             notice(BUILTINS[source].notice(), stacklevel=4)
         lab = Lab(source=source, kind=kind, family=family, device=dev, dtype=dt, variant=variant, _pipe=pipe,
+                  _allow_pickle=allow_pickle, _load_kwargs=dict(pipeline_kwargs),
                   _default_scheduler=pipe.scheduler.__class__.from_config(pipe.scheduler.config))
         _RESIDENT[key] = lab
         return lab
@@ -402,6 +409,8 @@ class LabReference:
     dtype: str
     variant: str | None = None
     allow_pickle: bool = False
+    pipeline_kwargs: tuple[tuple[str, Any], ...] = ()  # the plain ones (config="folder", ...), as (name, value)
+    unsent: tuple[str, ...] = ()  # pipeline_kwargs that were objects (a VAE, say): they cannot travel
 
     def __getattr__(self, name: str):
         # used as a Lab (lab.generate(...), lab.pipe) it loads, or finds resident, the model it names;
@@ -411,15 +420,31 @@ class LabReference:
         return getattr(self.resolve(), name)
 
     def resolve(self) -> "Lab":
+        if self.unsent:
+            raise LoadError(f"The model {self.source!r} was loaded with {', '.join(self.unsent)}=<an object>, which "
+                            "cannot be sent to another process: load it there by name (a path or hub id, e.g. "
+                            "config='folder'), or run this here without an executor.")
         try:
             return load(self.source, device=self.device, dtype=self.dtype, variant=self.variant,
-                        allow_pickle=self.allow_pickle)
+                        allow_pickle=self.allow_pickle, **dict(self.pipeline_kwargs))
         except Exception as exc:
             import socket
 
             raise LoadError(f"This process ({socket.gethostname()}, pid {os.getpid()}) cannot load the model "
                             f"{self.source!r}: {exc} A Dask worker needs the model where it runs: the same hub id "
                             "in its cache, or the folder or file at the same path.") from exc
+
+
+def is_safetensors_file(path: Path) -> bool:
+    """Whether a file starts as the safetensors format does: an 8-byte little-endian header length, then that
+    many bytes of JSON (``{``), within the file (huggingface/safetensors' format description)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and 2 <= int.from_bytes(head[:8], "little") <= size - 8 and head[8:9] == b"{"
 
 
 def classify_source(model: str, *, allow_pickle: bool = False) -> tuple[SourceKind, str]:
@@ -438,17 +463,29 @@ def classify_source(model: str, *, allow_pickle: bool = False) -> tuple[SourceKi
             raise LoadError(f"The folder {str(path)!r} is not a diffusers pipeline folder (no model_index.json).{hint}")
         return "folder", str(path.resolve())
     if path.is_file():
-        suffix = path.suffix.lower()
-        if suffix == ".safetensors":
-            return "single_file", str(path.resolve())
-        if suffix in PICKLE_SUFFIXES:
+        # decided by the file itself, never by the name it is reached by: a link named x.safetensors to a
+        # .ckpt is a .ckpt, and a file is a safetensors file only if it starts as one
+        real = path.resolve()
+        named = {path.suffix.lower(), real.suffix.lower()}
+        if is_safetensors_file(real):
+            if real.suffix.lower() != ".safetensors":
+                raise LoadError(f"{path.name} holds a safetensors checkpoint under another name ({real.name}); "
+                                "give it the .safetensors suffix so that diffusers reads it as one.")
+            return "single_file", str(real)
+        if ".safetensors" in named:
+            via = f" (it links to {real.name})" if real.name != path.name else ""
+            raise UnsafeCheckpointError(
+                f"{path.name}{via} is not a readable .safetensors file: it does not start with safetensors' header "
+                "(a damaged download, or a pickle checkpoint under a safetensors name, whose unpickling can run "
+                "code). Use the model's real .safetensors file.")
+        if named & PICKLE_SUFFIXES:
             if not allow_pickle:
                 raise UnsafeCheckpointError(
                     f"{path.name} is a pickle checkpoint; unpickling it can run arbitrary code. Prefer a "
                     ".safetensors version of the model. If you trust this file, load it with "
                     "sdlab.load(..., allow_pickle=True)."
                 )
-            return "single_file", str(path.resolve())
+            return "single_file", str(real)
         raise LoadError(
             f"{path.name} is not a model file sdlab can load (expected .safetensors, or a diffusers folder)."
         )

@@ -398,3 +398,41 @@ def test_a_scheduler_config_from_a_file_is_checked_before_anything_is_built(lab,
         with pytest.raises(ValueError, match=r"scheduler_config.*" + message.replace("[", r"\[").replace("(", r"\(")):
             lab.generate(settings)
     assert lab.generate(sdlab.read_settings(tmp_path / "good.png")).image.tobytes() == run.image.tobytes()
+
+
+# --- files are judged by what they are, and a pickled Lab loads the way it was loaded -----------------------
+def test_a_pickle_checkpoint_behind_a_safetensors_name_is_refused(clean_registry, tmp_path, tiny_single_file):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"\x80\x04 a pickle, supposedly")
+    link = tmp_path / "benign.safetensors"
+    link.symlink_to(ckpt)
+    renamed = tmp_path / "renamed.safetensors"
+    renamed.write_bytes(ckpt.read_bytes())
+    for path in (link, renamed):
+        for allow in (False, True):
+            with pytest.raises(sdlab.UnsafeCheckpointError, match="not a readable .safetensors file"):
+                sdlab.load(path, allow_pickle=allow)
+    good_link = tmp_path / "good.safetensors"
+    good_link.symlink_to(tiny_single_file)
+    from sdlab.models import classify_source, is_safetensors_file
+
+    assert is_safetensors_file(tiny_single_file) and not is_safetensors_file(ckpt)
+    assert classify_source(str(good_link)) == ("single_file", str(tiny_single_file.resolve()))
+    assert sdlab.loaded() == []
+
+
+def test_a_pickled_lab_keeps_how_it_was_loaded(clean_registry, tiny_single_file, tiny_folder):
+    import pickle
+
+    from sdlab.models import LabReference
+
+    lab = sdlab.load(tiny_single_file, config=str(tiny_folder), offline=True)
+    ref = pickle.loads(pickle.dumps(lab))
+    assert isinstance(ref, LabReference) and dict(ref.pipeline_kwargs) == {"config": str(tiny_folder)}
+    assert ref.resolve() is lab  # resolves to the resident model, loaded the same way
+    sdlab.unload()
+    odd = sdlab.load("tiny", text_encoder_hint=object())
+    ref = pickle.loads(pickle.dumps(odd))
+    assert ref.unsent == ("text_encoder_hint",)
+    with pytest.raises(sdlab.LoadError, match="text_encoder_hint=<an object>, which cannot be sent"):
+        ref.resolve()
