@@ -180,3 +180,32 @@ def test_sampler_picker_alone():
     assert picker.value == ("DPM++ 2M", "karras")
     picker.value = ("euler_ancestral", "automatic")
     assert picker.value == ("Euler a", "automatic")
+
+
+def test_a_long_session_holds_the_history_cap_of_widgets_not_one_set_per_run(studio, tmp_path):
+    from ipywidgets.widgets import widget
+
+    from sdlab.widgets.studio import HISTORY_LIMIT
+
+    studio.steps.value, studio.width.value, studio.height.value = 1, 32, 32
+    studio.seed_mode.value = "fixed"
+
+    def generate(seed):
+        studio.seed.value = seed
+        studio.generate_button.click()
+        assert studio.idle.wait(60)
+
+    for seed in range(HISTORY_LIMIT):
+        generate(seed)
+    live = len(widget._instances)
+    for seed in range(HISTORY_LIMIT, HISTORY_LIMIT + 6):
+        generate(seed)
+    assert len(widget._instances) == live  # each new thumbnail replaces a closed one
+    assert len(studio.history) == len(studio.history_box.children) == HISTORY_LIMIT
+    assert studio.history_box.children[0].children[2].description == "#7 show"  # numbers stay the session's
+    studio.show(studio.history[-1])
+    studio.save_button.click()
+    studio.show(studio.history[-2])
+    studio.save_button.click()
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert len(names) == 2 and names[0].startswith(f"sdlab-{HISTORY_LIMIT + 5:04d}")  # no save overwrites another

@@ -40,7 +40,10 @@ class Studio(W.VBox):
         size = self.settings.width or native_size(lab)
         self.max_fps = float(max_fps)
         self.job: Job | None = None
-        self.history: list[Run] = []
+        self.history: list[Run] = []  # the last HISTORY_LIMIT runs
+        self._made = 0  # runs added to the history in this session
+        self._numbers: dict[int, int] = {}  # id(run) -> its number in the session (1, 2, ...), for runs in history
+        self._thumbs: list[W.Widget] = []  # one per run in history, built once
         self.shown: Run | None = None
         self.last_error: BaseException | None = None
         self.idle = threading.Event()
@@ -201,7 +204,7 @@ class Studio(W.VBox):
         if run is None:
             self.save_status.value = "Nothing to save yet."
             return
-        index = self.history.index(run) + 1 if run in self.history else 0
+        index = self._numbers.get(id(run), 0)  # its number in the session: unique, whatever the history drops
         try:
             path = run.save(Path(self.save_dir.value).expanduser() / f"sdlab-{index:04d}-{run.settings.seed}.png")
         except Exception as exc:
@@ -272,9 +275,19 @@ class Studio(W.VBox):
         self.save_button.disabled = run.image is None
 
     def _add_history(self, run: Run) -> None:
+        """One new thumbnail per run; a run that falls off the history has its widgets closed (in the kernel
+        and in the page), so a long session holds HISTORY_LIMIT thumbnails, not one per run ever made."""
+        self._made += 1
+        self._numbers[id(run)] = self._made
         self.history.append(run)
-        del self.history[:-HISTORY_LIMIT]
-        self.history_box.children = [self._thumb(r, i) for i, r in enumerate(self.history, 1)]
+        self._thumbs.append(self._thumb(run, self._made))
+        dropped = self._thumbs[:-HISTORY_LIMIT]
+        for old in self.history[:-HISTORY_LIMIT]:
+            self._numbers.pop(id(old), None)
+        del self.history[:-HISTORY_LIMIT], self._thumbs[:-HISTORY_LIMIT]
+        self.history_box.children = tuple(self._thumbs)
+        for box in dropped:
+            _close_all(box)
 
     def _thumb(self, run: Run, number: int) -> W.Widget:
         import numpy as np
@@ -290,6 +303,17 @@ class Studio(W.VBox):
         label = W.HTML(f"<small>{html.escape(s.sampler)}<br>{s.steps} steps, cfg {s.cfg:g}<br>seed {s.seed}"
                        f"{' (stopped)' if run.stopped else ''}</small>")
         return W.VBox([img, label, show, restore], layout=W.Layout(margin="0 6px 0 0"))
+
+
+def _close_all(widget: W.Widget) -> None:
+    """Close a widget and everything it holds: its children, and the Layout and Style widgets each one has
+    (closing a widget alone leaves those live in the kernel and the page)."""
+    for child in getattr(widget, "children", ()):
+        _close_all(child)
+    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+        if isinstance(part, W.Widget):
+            part.close()
+    widget.close()
 
 
 def _model_note(lab) -> str:
