@@ -411,7 +411,60 @@ def _parse(lab, prompt, kwargs: dict, scheduler) -> tuple[Prepared, RunOptions]:
         raise TypeError("A prepared run's settings are fixed; prepare new settings to change them.")
     _refuse_unknown(rest)
     check_options(options)
-    return prepare(lab, prompt if isinstance(prompt, Prepared) else settings, scheduler=scheduler), options
+    prepared = prepare(lab, prompt if isinstance(prompt, Prepared) else settings, scheduler=scheduler)
+    check_fits(lab, prepared.settings, options)
+    return prepared, options
+
+
+# Working memory of a run beyond the weights, per output pixel: the VAE decoder's full-resolution blocks hold
+# block_out_channels[0] channels (128 in SD's AutoencoderKL: up_blocks[-1], then conv_out) and about 6 such
+# tensors at once; the toy's decoder works on 3 channels in float64.
+_DECODE_TENSORS = 6
+_TOY_DECODE_BYTES_PER_PIXEL = 3 * 8 * 3
+
+
+def run_bytes(lab, settings: Settings, options: RunOptions) -> int:
+    """About how much memory a run of these settings needs besides the model: the records it keeps (4
+    tensors a UNet call, at most two calls a step, plus PLMS's warm-up), the decode and the images."""
+    from .toy import is_teaching_model
+
+    pipe = lab.pipe
+    b, h, w = int(settings.batch_size), int(settings.height), int(settings.width)
+    f = pipe.vae_scale_factor
+    latent = b * pipe.unet.config.in_channels * (h // f) * (w // f)
+    element = torch.finfo(lab.dtype).bits // 8
+    calls = 2 * int(settings.steps) + 1
+    records = calls * 4 * latent * (torch.finfo(options.record_dtype).bits // 8) if options.record else 0
+    channels = (getattr(pipe.vae.config, "block_out_channels", None) or (128,))[0]
+    per_pixel = _TOY_DECODE_BYTES_PER_PIXEL if is_teaching_model(lab) else _DECODE_TENSORS * channels * element
+    images = b * h * w * (3 * 4 + 3)  # the pipeline's float32 array, then the PIL images
+    toy = 0
+    if is_teaching_model(lab):  # its exact denoiser holds its pictures at the run's latent size
+        from .toy.data import memory_bytes
+
+        toy = memory_bytes(h // f, w // f)
+    return records + b * h * w * per_pixel + images + 16 * latent * element + toy
+
+
+def check_fits(lab, settings: Settings, options: RunOptions) -> None:
+    """Refuse, before anything is allocated, a run that cannot fit in the memory free on the model's device,
+    naming the size and the largest that fits."""
+    from .devices import free_memory_bytes, gib
+
+    need = run_bytes(lab, settings, options)
+    free = free_memory_bytes(lab.device)
+    if free is None or need <= free:
+        return
+    f = lab.pipe.vae_scale_factor
+    b, h, w = settings.batch_size, settings.height, settings.width
+    side = int(math.sqrt(h * w * free / need) // f * f)
+    batch = int(b * free / need)
+    hint = (f"at batch {b} the largest square that fits is about {side}x{side}" if side >= f else
+            "no size fits at this batch") + (f"; at {w}x{h}, a batch of {batch}" if batch >= 1 else "")
+    raise GenerationError(
+        f"{b} image(s) at {w}x{h} need about {gib(need)} of working memory ({'records, ' if options.record else ''}"
+        f"decoding and images), and {gib(free)} is free on {lab.device}: {hint}. "
+        f"{'record=False keeps only the step metadata. ' if options.record else ''}Nothing was started.")
 
 
 def _refuse_unknown(rest: dict) -> None:
@@ -462,7 +515,11 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
             with tap, torch.inference_mode():
                 out = pipe(**pipe_kwargs(lab, settings), output_type="np", callback_on_step_end=tap.callback,
                            callback_on_step_end_tensor_inputs=["latents"])
-        except torch.OutOfMemoryError as exc:
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not isinstance(exc, torch.OutOfMemoryError) \
+                    and "can't allocate memory" not in str(exc):  # torch's CPU allocator says it so
+                _keep_partial(run, tap, exc)
+                raise
             tap.last_latents = None
             gc.collect()
             if torch.cuda.is_available():

@@ -436,3 +436,27 @@ def test_a_pickled_lab_keeps_how_it_was_loaded(clean_registry, tiny_single_file,
     assert ref.unsent == ("text_encoder_hint",)
     with pytest.raises(sdlab.LoadError, match="text_encoder_hint=<an object>, which cannot be sent"):
         ref.resolve()
+
+
+# --- sizes are bounded by the memory there is, before anything is allocated -------------------------------
+def test_sizes_and_batches_that_cannot_fit_are_refused_before_any_work(lab, toy, monkeypatch):
+    from sdlab import devices
+
+    monkeypatch.setattr(devices, "free_memory_bytes", lambda device: 2 ** 30)  # 1 GiB free, whatever the machine
+    started = []
+    for kw, fits in ((dict(width=100000, height=100000), "largest square that fits is about"),
+                     (dict(batch_size=10 ** 9), "at 32x32, a batch of")):
+        with pytest.raises(sdlab.GenerationError, match=fits + ".*Nothing was started"):
+            lab.generate("x", steps=2, _started=started.append, **{"width": 32, "height": 32, **kw})
+        with pytest.raises(sdlab.GenerationError, match="Nothing was started"):
+            lab.generate_async("x", steps=2, **{"width": 32, "height": 32, **kw})
+    assert started == [] and lab.generate("x", steps=2, width=32, height=32).image is not None
+    from sdlab.infotext import parse_infotext  # an infotext's Size field enters through the same check
+
+    big = parse_infotext("x\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 100000x100000")
+    with pytest.raises(sdlab.GenerationError, match="100000x100000 need about"):
+        lab.generate(big)
+    with pytest.raises(ValueError, match="the largest square size that fits is about"):
+        sdlab.toy.dataset(20000, 20000)
+    with pytest.raises(sdlab.GenerationError, match="largest square"):
+        toy.generate("a red circle", width=8192, height=8192, steps=2)

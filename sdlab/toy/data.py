@@ -354,11 +354,25 @@ class Dataset:
         return i, float(d[i]) / math.sqrt(z.shape[1])
 
 
+def memory_bytes(height: int, width: int) -> int:
+    """About what the toy's pictures take at latent size height x width: its masks and the pictures' latents
+    in float64 (``factors``), and their float32 copy."""
+    n, masks = len(attributes()), len(GROUPS["shape"]) * 3 * 3 * len(GROUPS["size"])
+    return int(height) * int(width) * ((masks + 4 * n) * 8 + 4 * n * 4)
+
+
 def dataset(width: int = 512, height: int = 512) -> Dataset:
     """The toy model's 432 pictures at ``width`` x ``height`` pixels (multiples of 8)."""
     for name, v in (("width", width), ("height", height)):
-        if not isinstance(v, (int, np.integer)) or v < 8 or v % 8:
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 8 or v % 8:
             raise ValueError(f"{name}={v!r} must be a positive multiple of 8 (the toy's latents are 1/8 of the image).")
+    from ..devices import free_memory_bytes, gib
+
+    need, free = memory_bytes(height // 8, width // 8), free_memory_bytes(torch.device("cpu"))
+    if free is not None and need > free:
+        side = int((width * height * free / need) ** 0.5) // 8 * 8
+        raise ValueError(f"The toy's pictures at {width}x{height} need about {gib(need)}, and {gib(free)} is free: "
+                         f"the largest square size that fits is about {side}x{side}.")
     f = factors(height // 8, width // 8)
     latents = torch.from_numpy(LATENT_SCALE * f.latents).float()
     return Dataset(latents=latents, attributes=attributes(), vocabulary=vocabulary(), images=Pictures(latents))
