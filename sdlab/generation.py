@@ -114,8 +114,15 @@ def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
     elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 63:
         raise ValueError(f"seed must be a whole number from 0 to 2**63-1 (or None for a random one), not {seed!r}.")
     done = replace(s, width=int(width), height=int(height), seed=int(seed))
+    if scheduler is not None and (s.sampler, s.schedule) != (Settings.sampler, Settings.schedule):
+        raise ValueError(f"generate got scheduler=... and also sampler={s.sampler!r} / schedule={s.schedule!r}: the "
+                         "scheduler decides the sampler and schedule. Pass one or the other.")
     if scheduler is not None or s.scheduler_config is not None:
         scheduler = copy.deepcopy(scheduler) if scheduler is not None else _scheduler_from_config(s.scheduler_config)
+        if scheduler.config.get("noise_sampler_seed", 0) is None:
+            # DPM++ SDE's Brownian tree unseeded is new noise on every run: seed it with the run's seed, as
+            # A1111 does and as sdlab's own DPM++ SDE is (the settings record it, so a saved run reproduces)
+            scheduler = type(scheduler).from_config(scheduler.config, noise_sampler_seed=int(seed))
         # the class as it is (sdlab's or diffusers'), and its whole config, recipe included: a saved run rebuilds it
         config = {k: _jsonable(v) for k, v in scheduler.config.items()}
         config["_class_name"] = type(scheduler).__name__
@@ -126,6 +133,8 @@ def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
     spec, concrete = catalog.resolve(s.sampler, s.schedule)  # the one name resolution of a run
     catalog.check_params(spec, concrete, s.schedule_params)
     recipe = recipes.Recipe.of(spec, concrete, family=lab.family, params=s.schedule_params)
+    if recipe.has_formula:  # levels a scheduler can step through, or the reason now
+        recipe.levels(int(s.steps), S.TrainingSchedule.of(lab))
     return Prepared(settings=replace(done, sampler=spec.name, schedule=concrete), requested=s, sampler=spec,
                     recipe=recipe)
 

@@ -439,12 +439,18 @@ def sigmas(schedule: str, n: int, sigma_min: float | None = None, sigma_max: flo
         allowed = ", ".join(st.params) or "none"
         raise ValueError(f"Schedule {name!r} takes no parameter(s) {sorted(unknown)}; its parameters: {allowed}.")
     model = model or TrainingSchedule.stable_diffusion()
-    if st.needs == "range":
-        lo = model.sigma_min if sigma_min is None else float(sigma_min)
-        hi = model.sigma_max if sigma_max is None else float(sigma_max)
-        return st.function(n, lo, hi, **params)
-    if st.needs == "model":
-        return st.function(n, model, **params)
-    if st.needs == "family":
-        return st.function(n, family)
-    return st.function(n, **params)
+    try:
+        with np.errstate(over="raise", invalid="raise", divide="raise"):
+            if st.needs == "range":
+                lo = model.sigma_min if sigma_min is None else float(sigma_min)
+                hi = model.sigma_max if sigma_max is None else float(sigma_max)
+                return st.function(n, lo, hi, **params)
+            if st.needs == "model":
+                return st.function(n, model, **params)
+            if st.needs == "family":
+                return st.function(n, family)
+            return st.function(n, **params)
+    except (OverflowError, FloatingPointError, ZeroDivisionError) as exc:
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "its defaults"
+        raise ValueError(f"The {name} schedule cannot be computed with {shown} at {n} steps ({exc}): its levels "
+                         f"overflow. Its parameters' defaults: {dict(st.params) or 'none'}.") from None

@@ -140,8 +140,15 @@ class Recipe:
         if not self.has_formula:
             raise ValueError(f"{self.label} has no formula ({self.reason or 'a custom scheduler'}); "
                              "sdlab.plan(scheduler, n) reads the levels off the scheduler itself.")
-        return schedule_levels(self.schedule, n, training or S.TrainingSchedule.stable_diffusion(), self.family,
-                               self.schedule_params, entry.discard_penultimate, entry.ends_at_sigma_min)
+        levels = schedule_levels(self.schedule, n, training or S.TrainingSchedule.stable_diffusion(), self.family,
+                                 self.schedule_params, entry.discard_penultimate, entry.ends_at_sigma_min)
+        body = levels[:-1] if levels[-1] == 0 else levels
+        # the scheduler holds them in float32 and divides by their differences: each must be below the last there
+        if not np.all(np.isfinite(levels)) or np.any(np.diff(body.astype(np.float32)) >= 0) or np.any(body <= 0):
+            raise ValueError(f"{self.label} at {n} steps gives noise levels that do not fall at every step "
+                             f"({np.round(body[:6], 4).tolist()}...): a scheduler would repeat a level (a raw "
+                             "IndexError or NaN). Choose other schedule parameters or fewer steps.")
+        return levels
 
     # -- in a config --------------------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
@@ -249,7 +256,7 @@ class FollowsRecipe:
         ``_convert_to_exponential`` hands over the levels; linspace spacing. The config itself stays as it is."""
         saved = self._internal_dict
         door = dict(saved)
-        for flag in FLAGS:
+        for flag in (*FLAGS, *_OTHER_SCHEDULES):
             if flag in door:
                 door[flag] = route == "levels" and flag == "use_exponential_sigmas"
         door["timestep_spacing"] = "linspace"
@@ -396,12 +403,18 @@ _PITFALLS = {"clip_sample": False, "set_alpha_to_one": False, "final_sigmas_type
              "euler_at_final": False, "use_flow_sigmas": False, "thresholding": False}
 
 
+# diffusers options that replace the noise levels with another schedule altogether (DPM-Solver's lu-lambdas,
+# flow-matching sigmas): off in every recipe, and a scheduler with one on runs no catalog schedule
+_OTHER_SCHEDULES = ("use_lu_lambdas", "use_flow_sigmas")
+_PRECEDENCE = ("use_karras_sigmas", "use_lu_lambdas", "use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas")
+
+
 def schedule_options(schedule: str, cls: type) -> dict[str, Any]:
     """The diffusers options that say ``schedule`` on a scheduler of class ``cls``: its flag
     (use_karras_sigmas, ...) where diffusers has one, else its timestep spacing; the model's uniform
     spacing for schedules diffusers cannot express (Align Your Steps, KL Optimal, ...)."""
     init = _init_params(cls)
-    out: dict[str, Any] = {flag: False for flag in FLAGS if flag in init}
+    out: dict[str, Any] = {flag: False for flag in (*FLAGS, *_OTHER_SCHEDULES) if flag in init}
     st = S.SCHEDULES.get(schedule)
     if st is None:  # LCM's "automatic": its own training grid, whatever the options
         return out
@@ -440,7 +453,9 @@ def build(recipe: Recipe, base: Mapping, *, seed: int | None = None, **options: 
     config = {k: v for k, v in base.items() if k in init or (k.startswith("_") and k not in
                                                              ("_use_default_values", CONFIG_KEY))}
     config[CONFIG_KEY] = recipe.to_config()
-    return cls.from_config(config, **overrides)
+    scheduler = cls.from_config(config, **overrides)
+    check_scheduler_config({**scheduler.config, "_class_name": type(scheduler).__name__})  # a saved run can rebuild it
+    return scheduler
 
 
 def make_scheduler(config_or_scheduler, sampler: str, schedule: str = S.AUTOMATIC, *, family: str | None = None,
@@ -505,9 +520,18 @@ def recipe_of(scheduler) -> Recipe:
             # a plain class runs a schedule diffusers has an option for; others it runs as uniform (below)
             st = S.SCHEDULES.get(recipe.schedule)
             if sdlab_runs or st is None or st.flag is not None or st.spacing is not None:
-                return Recipe.of(recipe.entry, recipe.schedule, family=recipe.family, params=recipe.schedule_params,
+                # diffusers' own version has no parameters (rho 7, alpha = beta = 0.6): only sdlab's runs them
+                return Recipe.of(recipe.entry, recipe.schedule, family=recipe.family,
+                                 params=recipe.schedule_params if sdlab_runs else None,
                                  via="sdlab" if sdlab_runs else "diffusers")
     return _identify(base, config)
+
+
+def entry_options(spec: Sampler, cls: type) -> dict[str, Any]:
+    """The options that make a diffusers class compute a catalog entry: the entry's own, and where the
+    class has one, the final level (a step to 0, unless the entry stops at sigma_min as UniPC and DEIS do)."""
+    out = {"final_sigmas_type": "zero"} if "final_sigmas_type" in _init_params(cls) else {}
+    return {**out, **spec.options}
 
 
 def _agrees(recipe: Recipe, base: type, config: Mapping) -> bool:
@@ -515,7 +539,7 @@ def _agrees(recipe: Recipe, base: type, config: Mapping) -> bool:
     spec = recipe.entry
     if spec.scheduler_class != base.__name__:
         return False
-    wanted = {**spec.options, **schedule_options(recipe.schedule, base)}
+    wanted = {**entry_options(spec, base), **schedule_options(recipe.schedule, base)}
     return all(_same(config.get(k), v) for k, v in wanted.items() if k in _init_params(base))
 
 
@@ -526,17 +550,22 @@ def _identify(base: type, config: Mapping) -> Recipe:
     if not candidates:
         return Recipe(base.__name__, CUSTOM, via="custom",
                       reason=f"no catalog sampler runs {base.__name__}")
-    matching = [e for e in candidates if all(_same(config.get(k), v) for k, v in e.options.items())]
+    wants = {e.name: entry_options(e, base) for e in candidates}
+    matching = [e for e in candidates if all(_same(config.get(k), v) for k, v in wants[e.name].items())]
     if not matching:
-        nearest = max(candidates, key=lambda e: sum(_same(config.get(k), v) for k, v in e.options.items()))
-        off = ", ".join(f"{k}={config.get(k)!r} (the catalog's: {v!r})" for k, v in nearest.options.items()
+        nearest = max(candidates, key=lambda e: sum(_same(config.get(k), v) for k, v in wants[e.name].items()))
+        off = ", ".join(f"{k}={config.get(k)!r} (the catalog's: {v!r})" for k, v in wants[nearest.name].items()
                         if not _same(config.get(k), v))
         return Recipe(base.__name__, CUSTOM, via="custom",
                       reason=f"{base.__name__} with {off} is no catalog sampler; nearest: {nearest.name}")
     spec = max(matching, key=lambda e: len(e.options))  # the most specific: DPM++ 2M SDE Heun over DPM++ 2M SDE
     if spec.default_schedule == S.AUTOMATIC:  # LCM: its own grid
         return Recipe.of(spec, S.AUTOMATIC, via="diffusers")
-    flags = [f for f in FLAGS if f in init and config.get(f)]
+    # the first option on decides, in the order diffusers' set_timesteps tries them (DPM-Solver's: Karras,
+    # lu-lambdas, exponential, beta, flow)
+    flags = [f for f in _PRECEDENCE if f in init and config.get(f)][:1]
+    if flags and flags[0] in _OTHER_SCHEDULES:
+        return Recipe(spec.name, CUSTOM, via="custom", reason=f"{flags[0]}=True is no A1111 or ComfyUI schedule")
     spacing = config.get("timestep_spacing", "linspace" if "timestep_spacing" not in init else None)
     schedule, why = None, ""
     if flags:

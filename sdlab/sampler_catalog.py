@@ -192,12 +192,13 @@ _CFGPP = ("CFG++ (Chung et al. 2024) changes how guidance enters each step, whic
           "cannot do on its own")
 UNSUPPORTED: dict[str, Unsupported] = {}
 for _names, _reason, _nearest in [
-    (("DPM++ 2S a", "dpmpp_2s_ancestral", "k_dpmpp_2s_a"),
+    (("DPM++ 2S a", "dpmpp_2s_ancestral", "k_dpmpp_2s_a", "k_dpmpp_2s_ancestral", "k_dpmpp_2s_a_ka"),
      f"{_NO_DIFFUSERS} (DPM-Solver++(2S) ancestral; diffusers' singlestep DPM-Solver is deterministic)",
      "DPM++ 2M SDE (stochastic, second order) or Euler a"),
     (("dpmpp_2s_ancestral_cfg_pp",), _CFGPP, "DPM++ 2M SDE"),
-    (("DPM fast", "dpm_fast"), f"{_NO_DIFFUSERS} (k-diffusion's sample_dpm_fast)", "DPM++ 2M"),
-    (("DPM adaptive", "dpm_adaptive"), f"{_NO_DIFFUSERS} (k-diffusion's adaptive-step sample_dpm_adaptive)", "DPM++ 2M"),
+    (("DPM fast", "dpm_fast", "k_dpm_fast"), f"{_NO_DIFFUSERS} (k-diffusion's sample_dpm_fast)", "DPM++ 2M"),
+    (("DPM adaptive", "dpm_adaptive", "k_dpm_ad"), f"{_NO_DIFFUSERS} (k-diffusion's adaptive-step sample_dpm_adaptive)",
+     "DPM++ 2M"),
     (("Restart",), f"{_NO_DIFFUSERS} (Restart sampling, Xu et al. 2023)", "Heun or DPM++ 2M"),
     (("DDIM CFG++",), _CFGPP, "DDIM"),
     (("euler_cfg_pp",), _CFGPP, "Euler"),
@@ -238,6 +239,15 @@ for _s in CATALOG.values():
     _LOOKUP.setdefault(_norm(_s.scheduler_class.removesuffix("Scheduler")), _s.name)
 _UNSUPPORTED = {_norm(k): v for k, v in UNSUPPORTED.items()}
 
+# A1111's older names for its k-diffusion samplers (its API and infotexts of 2022-23, also NovelAI's and AI
+# Horde's): k_<name>, and k_<name>_ka for the Karras version.
+K_NAMES = {"k_euler": "Euler", "k_euler_a": "Euler a", "k_euler_ancestral": "Euler a", "k_lms": "LMS",
+           "k_heun": "Heun", "k_dpm_2": "DPM2", "k_dpm_2_a": "DPM2 a", "k_dpm_2_ancestral": "DPM2 a",
+           "k_dpmpp_2m": "DPM++ 2M", "k_dpmpp_sde": "DPM++ SDE", "k_dpmpp_2m_sde": "DPM++ 2M SDE", "k_lcm": "LCM"}
+for _k, _name in list(K_NAMES.items()):
+    _LOOKUP.setdefault(_norm(_k), _name)
+_K_KARRAS = {_norm(_k + "_ka"): _name for _k, _name in K_NAMES.items()}
+
 
 def samplers() -> list[Sampler]:
     """Every sampler sdlab offers: A1111 label, ComfyUI names, diffusers class and options, order,
@@ -255,6 +265,8 @@ def parse_sampler(name: str) -> tuple[Sampler, str | None]:
     key = _norm(name)
     if key in _LOOKUP:
         return CATALOG[_LOOKUP[key]], None
+    if key in _K_KARRAS:
+        return CATALOG[_K_KARRAS[key]], "karras"
     for sched_key, sched in sorted(S._LOOKUP.items(), key=lambda kv: -len(kv[0])):
         if key.endswith(sched_key) and key[: -len(sched_key)]:
             head = key[: -len(sched_key)]

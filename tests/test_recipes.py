@@ -288,3 +288,67 @@ def test_a_scheduler_follows_its_recipe_only_while_its_config_says_it():
     assert (r.sampler, r.schedule, r.via) == ("Euler", "uniform", "diffusers")
     plain = EulerDiscreteScheduler.from_config(SD15, timestep_spacing="linspace")
     assert_same_run(trajectory(changed), trajectory(plain))
+
+
+# --- what a new user's trial found (each with the case that showed it) ---------------------------------------
+def test_an_unseeded_dpmpp_sde_scheduler_is_seeded_with_the_run(toy, tmp_path):
+    s = sdlab.make_scheduler(toy, "DPM++ SDE", "karras")  # no seed: diffusers draws a new tree each time
+    kw = dict(steps=6, seed=1, width=64, height=64, scheduler=s)
+    a, b = toy.generate("a red circle", **kw), toy.generate("a red circle", **kw)
+    assert a.image.tobytes() == b.image.tobytes() and a.settings.scheduler_config["noise_sampler_seed"] == 1
+    again = toy.generate(sdlab.read_settings(a.save(tmp_path / "sde.png")))
+    assert again.image.tobytes() == a.image.tobytes()
+
+
+def test_a_plain_class_is_said_to_run_diffusers_defaults_not_the_recipes_parameters():
+    from diffusers import DPMSolverMultistepScheduler
+
+    plain = DPMSolverMultistepScheduler.from_config(sdlab.make_scheduler(SD15, "DPM++ 2M", "karras", rho=3).config)
+    r = sdlab.recipe_of(plain)
+    assert (r.schedule, r.params, r.via) == ("karras", (), "diffusers")
+
+
+def test_options_that_change_the_schedule_or_its_end_make_it_custom_or_another_entry():
+    from diffusers import EulerDiscreteScheduler
+
+    # diffusers' DPM-Solver tries Karras first, then lu-lambdas, then exponential: recipe_of says what runs
+    lu = sdlab.make_scheduler(SD15, "DPM++ 2M", "karras", use_lu_lambdas=True)
+    r = sdlab.recipe_of(lu)
+    assert (r.schedule, r.via) == ("karras", "diffusers") and sdlab.plan(lu, 10).sigmas[1] == pytest.approx(9.10, abs=0.01)
+    lu = sdlab.make_scheduler(SD15, "DPM++ 2M", "exponential", use_lu_lambdas=True)
+    r = sdlab.recipe_of(lu)
+    assert r.via == "custom" and "use_lu_lambdas" in r.reason
+    # (lu-lambdas are evenly spaced in log-SNR, which is exponential's spacing in sigma: the same levels to
+    # float32 rounding, by diffusers' other code path; it is still not sdlab's recipe, and says so)
+    stops = EulerDiscreteScheduler.from_config(sdlab.make_scheduler(SD15, "UniPC", "karras").config)
+    r = sdlab.recipe_of(stops)
+    assert r.via == "custom" and "final_sigmas_type='sigma_min'" in r.reason
+    dpm = sdlab.recipe_of(sdlab.make_scheduler(SD15, "DPM++ 2M", "karras", final_sigmas_type="sigma_min"))
+    assert dpm.via == "custom"
+
+
+@pytest.mark.parametrize("sampler, schedule, params, steps", [
+    ("Euler", "beta", {"alpha": 0.6, "beta": 0.1}, 50), ("DPM++ 2M", "polyexponential", {"rho": 10}, 50),
+    ("Heun", "beta", {"alpha": 0.6, "beta": 0.05}, 10)])
+def test_levels_that_do_not_fall_are_refused_before_the_run(lab, sampler, schedule, params, steps):
+    with pytest.raises(ValueError, match="do not fall at every step"):
+        lab.generate("x", sampler=sampler, schedule=schedule, schedule_params=params, steps=steps, width=32, height=32)
+
+
+def test_schedule_parameters_that_overflow_and_options_that_cannot_be_read_back_are_refused(lab):
+    with pytest.raises(ValueError, match="karras schedule cannot be computed with rho=0.001"):
+        sdlab.sigmas("karras", 10, rho=1e-3)
+    with pytest.raises(ValueError, match=r"scheduler_config\['solver_order'\] is 5"):
+        sdlab.make_scheduler(lab, "DPM++ 2M", "karras", solver_order=5)
+    with pytest.raises(ValueError, match="the scheduler decides the sampler and schedule"):
+        lab.generate("x", sampler="Euler", scheduler=sdlab.make_scheduler(lab, "DPM++ 2M"), steps=2)
+
+
+def test_a1111s_older_k_names_are_understood():
+    from sdlab.sampler_catalog import parse_sampler
+
+    assert [parse_sampler(n)[0].name for n in ("k_euler_a", "k_dpmpp_2m", "k_lms", "k_dpm_2_a")] == \
+        ["Euler a", "DPM++ 2M", "LMS", "DPM2 a"]
+    assert parse_sampler("k_dpmpp_2m_ka") == (CATALOG["DPM++ 2M"], "karras")
+    with pytest.raises(ValueError, match="'k_dpm_fast' cannot run in sdlab"):
+        parse_sampler("k_dpm_fast")
