@@ -299,7 +299,24 @@ class UnloadReport:
 _Key = tuple[str, str, str, "str | None"]
 _RESIDENT: "OrderedDict[_Key, Lab]" = OrderedDict()
 _REGISTRY_LOCK = threading.RLock()
-_max_resident = int(os.environ.get("SDLAB_MAX_RESIDENT", "2"))
+def _max_resident_from_env(default: int = 2) -> int:
+    """$SDLAB_MAX_RESIDENT, checked where it enters: a bad value is said once and the default is used (an
+    environment variable must never break ``import sdlab``)."""
+    text = os.environ.get("SDLAB_MAX_RESIDENT", "").strip()
+    if not text:
+        return default
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    import warnings
+
+    from .notices import SdlabNotice
+
+    warnings.warn(f"sdlab: SDLAB_MAX_RESIDENT={text!r} is not a whole number >= 1 (how many models stay loaded); "
+                  f"using {default}.", SdlabNotice, stacklevel=2)
+    return default
+
+
+_max_resident = _max_resident_from_env()
 
 
 def max_resident() -> int:
@@ -309,8 +326,8 @@ def max_resident() -> int:
 def set_max_resident(n: int) -> None:
     """At most n models stay loaded; loading one more unloads the least recently used first."""
     global _max_resident
-    if int(n) < 1:
-        raise ValueError("max_resident must be at least 1.")
+    if isinstance(n, bool) or not isinstance(n, int) and not (hasattr(n, "__index__")) or int(n) < 1:
+        raise ValueError(f"max_resident must be a whole number >= 1 (how many models stay loaded), not {n!r}.")
     _max_resident = int(n)
 
 

@@ -460,3 +460,17 @@ def test_sizes_and_batches_that_cannot_fit_are_refused_before_any_work(lab, toy,
         sdlab.toy.dataset(20000, 20000)
     with pytest.raises(sdlab.GenerationError, match="largest square"):
         toy.generate("a red circle", width=8192, height=8192, steps=2)
+
+
+def test_a_bad_max_resident_in_the_environment_never_breaks_import(monkeypatch):
+    import subprocess
+    import sys
+
+    for value, want in (("abc", "2"), ("0", "2"), ("3", "3")):
+        out = subprocess.run([sys.executable, "-c", "import sdlab; print(sdlab.max_resident())"], text=True,
+                             capture_output=True, env={**__import__("os").environ, "SDLAB_MAX_RESIDENT": value})
+        assert out.returncode == 0 and out.stdout.strip() == want, out.stderr
+        assert ("is not a whole number >= 1" in out.stderr) == (value != "3")
+    for bad in (0, 2.5, "x", True):
+        with pytest.raises(ValueError, match="max_resident must be a whole number >= 1"):
+            sdlab.set_max_resident(bad)
