@@ -208,7 +208,7 @@ def test_a_scheduler_handed_to_generate_is_recognised_and_reproduces(lab, tmp_pa
     name, _, schedule = sampler.partition("|")
     scheduler = sdlab.make_scheduler(lab, name, schedule or "automatic", seed=7)
     recipe = sdlab.recipe_of(scheduler)
-    run = lab.generate("a lighthouse", steps=4, seed=7, scheduler=scheduler, width=64, height=64)
+    run = lab.generate("a lighthouse", steps=4, seed=7, scheduler=scheduler, width=32, height=32)
     assert (run.settings.sampler, run.settings.schedule) == (recipe.sampler, recipe.schedule) == \
            (name, schedule or CATALOG[name].default_schedule)
     read = sdlab.read_settings(run.save(tmp_path / "run.png"))
