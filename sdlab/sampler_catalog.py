@@ -114,8 +114,9 @@ CATALOG: dict[str, Sampler] = {s.name: s for s in [
             comfy=("dpmpp_sde", "dpmpp_sde_gpu"), a1111="DPM++ SDE", matches_a1111=True,
             fidelity="diffusers' port of k-diffusion's sample_dpmpp_sde (two UNet calls a step), its Brownian tree "
                      "seeded with the run's seed as A1111 seeds it (modules/sd_samplers_kdiffusion.py, one tree per "
-                     "image seed): from the same starting noise, A1111's latents (to 1e-6 on Exponential; 3e-4 on "
-                     "Karras, whose float32 sigmas query the tree at times 1e-7 apart; tests). Needs torchsde.",
+                     "image seed): from the same starting noise, A1111's latents (measured 1e-6 on Exponential, 3e-4 "
+                     "on Karras, whose float32 sigmas query the tree at times 1e-7 apart; the tests allow 1e-3). "
+                     "Needs torchsde.",
             note="stochastic: the same seed gives the same picture in sdlab"),
     Sampler("DPM++ 3M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
             stochastic=True, default_schedule="exponential", comfy=("dpmpp_3m_sde", "dpmpp_3m_sde_gpu"),
