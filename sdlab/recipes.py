@@ -201,7 +201,9 @@ def schedule_levels(schedule: str, n: int, training: S.TrainingSchedule, family:
 # Schedulers that follow a recipe
 # ---------------------------------------------------------------------------------------------------
 
-_LARGEST_SIGMA = object()  # FollowsRecipe's start for VE samples: max(sigmas), exactly as diffusers computes it
+# FollowsRecipe's start for VE samples: max(sigmas), exactly as diffusers computes it (a string, so that it
+# survives pickle and deepcopy of a scheduler whose timesteps are set)
+_LARGEST_SIGMA = "max(sigmas)"
 
 
 class FollowsRecipe:
@@ -277,7 +279,7 @@ class FollowsRecipe:
         """What the pipeline multiplies the starting noise by: sigma_0 (in the sample's form) when the
         recipe's levels run, else the diffusers class's own."""
         start = self.__dict__.get("_sdlab_start")
-        if start is _LARGEST_SIGMA:  # as the diffusers class computes it for linspace spacing
+        if start == _LARGEST_SIGMA:  # as the diffusers class computes it for linspace spacing
             return self.sigmas.max()
         if start is not None:
             return start

@@ -352,3 +352,12 @@ def test_a1111s_older_k_names_are_understood():
     assert parse_sampler("k_dpmpp_2m_ka") == (CATALOG["DPM++ 2M"], "karras")
     with pytest.raises(ValueError, match="'k_dpm_fast' cannot run in sdlab"):
         parse_sampler("k_dpm_fast")
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Heun", "DPM++ 2M"])
+def test_a_scheduler_in_use_survives_copies_too(sampler):
+    s = fresh(sampler, "ddim_uniform" if sampler != "DPM++ 2M" else "karras")
+    s.set_timesteps(7)
+    for other in (copy.deepcopy(s), pickle.loads(pickle.dumps(s)), cloudpickle.loads(cloudpickle.dumps(s))):
+        assert float(other.init_noise_sigma) == float(s.init_noise_sigma)
+        assert torch.equal(other.timesteps, s.timesteps) and torch.equal(other.sigmas, s.sigmas)
