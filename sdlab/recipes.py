@@ -542,7 +542,8 @@ def _agrees(recipe: Recipe, base: type, config: Mapping) -> bool:
     if spec.scheduler_class != base.__name__:
         return False
     wanted = {**entry_options(spec, base), **schedule_options(recipe.schedule, base)}
-    return all(_same(config.get(k), v) for k, v in wanted.items() if k in _init_params(base))
+    init = _init_params(base)
+    return all(_same(config.get(k), v) for k, v in wanted.items() if k in init)
 
 
 def _identify(base: type, config: Mapping) -> Recipe:
