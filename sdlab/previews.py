@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from .errors import InvalidArgument, SdlabError
 
 Decoder = Literal["approx", "taesd", "vae"]
 Target = Literal["x0", "xt"]
@@ -44,7 +45,7 @@ BUDGET = {"approx": None, "taesd": 0.04, "vae": 0.07}
 COST_IN_STEPS = {"approx": 0.0, "taesd": 0.1, "vae": 1.6}
 
 
-class PreviewUnavailable(RuntimeError):
+class PreviewUnavailable(SdlabError, RuntimeError):
     """A preview decoder cannot be used here; the message says how to get it."""
 
 
@@ -108,15 +109,24 @@ def load_taesd(family: str, source: str | Path | None = None, *, device=None, dt
 
 def latent_channels(latents: torch.Tensor) -> np.ndarray:
     """The latent channels as grey images: (C, h, w) uint8, each channel stretched over its own 1-99 %
-    range so that structure shows whatever the noise level."""
+    range so that structure shows whatever the noise level, but never over less than a thousandth of the
+    widest channel's range: a channel that is constant up to rounding (the teaching model's channels 2 and 4
+    in a clean x0 hold about 1e-8) shows flat grey, not its rounding noise stretched into a picture."""
     if latents.ndim == 4:
         latents = latents[0]
     x = latents.detach().float().cpu()
     flat = x.flatten(1)
     lo = torch.quantile(flat, 0.01, dim=1)[:, None, None]
     hi = torch.quantile(flat, 0.99, dim=1)[:, None, None]
-    out = ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1) * 255
+    span = hi - lo
+    width = span.clamp_min(max(float(span.max()) / FLAT_CHANNEL_RATIO, 1e-6))
+    out = ((x - (lo + hi) / 2) / width + 0.5).clamp(0, 1) * 255
     return out.round().to(torch.uint8).numpy()
+
+
+# a channel whose 1-99 % range is under 1/1000 of the widest channel's is shown as flat: SD's four channels
+# differ in spread by a few times, a constant one (rounding only) by eight orders of magnitude
+FLAT_CHANNEL_RATIO = 1000.0
 
 
 def to_jpeg(rgb: np.ndarray, quality: int = 85, max_side: int | None = 512, max_bytes: int = 64 * 1024) -> bytes:
@@ -156,9 +166,9 @@ class Previewer:
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
-            raise ValueError(f"Unknown preview decoder {self.decoder!r}; choose one of {', '.join(DECODERS)} (or None).")
+            raise InvalidArgument(f"Unknown preview decoder {self.decoder!r}; choose one of {', '.join(DECODERS)} (or None).")
         if self.target not in TARGETS:
-            raise ValueError(f"Unknown preview target {self.target!r}; choose 'x0' (predicted clean image) or 'xt'.")
+            raise InvalidArgument(f"Unknown preview target {self.target!r}; choose 'x0' (predicted clean image) or 'xt'.")
         if self.min_interval is None:
             self.min_interval = MIN_INTERVAL[self.decoder]
         if self.budget is None:

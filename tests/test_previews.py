@@ -24,6 +24,16 @@ def test_latent_channels_are_stretched_greys():
     assert all(c.max() == 255 and c.min() == 0 for c in ch)
 
 
+def test_a_constant_channel_shows_flat_not_its_rounding_noise():
+    # the teaching model's clean x0: channels 2 and 4 hold about 1e-8 of rounding, the others the picture
+    lat = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    lat[0, 1] *= 1e-8
+    lat[0, 3] = 0.25 + 1e-8 * lat[0, 3]
+    ch = previews.latent_channels(lat)
+    assert ch[1].max() - ch[1].min() <= 1 and ch[3].max() - ch[3].min() <= 1  # flat grey
+    assert ch[0].min() == 0 and ch[0].max() == 255 and ch[2].min() == 0 and ch[2].max() == 255
+
+
 def test_jpeg_frame_of_512px_is_small():
     rgb = (np.random.default_rng(0).random((512, 512, 3)) * 255).astype(np.uint8)  # pure noise: the worst case
     data = previews.to_jpeg(rgb)
