@@ -8,7 +8,10 @@ from __future__ import annotations
 from .accuracy import Accuracy, sampler_accuracy
 from .analysis import Sweep, sweep
 from .forward_process import add_noise
-from .generation import BusyError, GenerationError, Job, Prepared, generate, generate_async, prepare, prepare_settings
+from .errors import (BusyError, GenerationError, InvalidArgument, MissingDependency, MissingFile, NotSupported,
+                     RunTimeout, SdlabError, WrongType)
+from .previews import PreviewUnavailable
+from .generation import Job, Prepared, generate, generate_async, prepare, prepare_settings
 from .records import Run, StepEvent, StepRecord
 from .infotext import parse_infotext, read_settings
 from . import previews, toy  # noqa: F401  (sdlab.previews, sdlab.toy)
@@ -65,7 +68,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BusyError", "GenerationError", "Job", "Prepared", "Run", "RunOptions", "Settings", "StepEvent", "StepRecord",
+    "SdlabError", "InvalidArgument", "WrongType", "RunTimeout", "NotSupported", "MissingFile", "MissingDependency",
+    "PreviewUnavailable", "BusyError", "GenerationError", "Job", "Prepared", "Run", "RunOptions", "Settings", "StepEvent", "StepRecord",
     "generate", "prepare", "prepare_settings", "config_changes",
     "generate_async", "parse_infotext", "read_settings", "Sweep", "sweep", "add_noise", "toy", "Accuracy", "sampler_accuracy",
     "DEFAULT_MODEL", "Lab", "LoadError", "ModelNotAvailable", "ModelUnloadedError", "SdlabNotice",

@@ -31,6 +31,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from . import checks
+from .errors import GenerationError, InvalidArgument, SdlabError, WrongType
 from . import conventions as C
 from . import noise_schedules as S
 from .analysis import last_record_per_step
@@ -91,10 +93,11 @@ class Accuracy:
         error is above 10x the reference's (the asymptotic regime; about -1 for a first-order sampler,
         -2 for a second-order one, near 0 where something other than the step size limits the error)."""
         spec, concrete = resolve(sampler, schedule)
+        points = checks.whole("points", points, low=2)
         rows = [r for r in self.lines().get((spec.name, concrete), []) if r.error > 10 * self.reference_error]
         rows = rows[-points:]
         if len(rows) < 2:
-            raise ValueError(f"Fewer than two resolved rows for {spec.name} / {concrete}; measure more step counts.")
+            raise InvalidArgument(f"Fewer than two resolved rows for {spec.name} / {concrete}; measure more step counts.")
         return float(np.polyfit(np.log([r.nfe for r in rows]), np.log([r.error for r in rows]), 1)[0])
 
     def __repr__(self) -> str:
@@ -121,17 +124,35 @@ def sampler_accuracy(lab, samplers: Sequence[str] = ("Euler", "Heun", "DPM++ 2M"
 
     executor: a ``dask.distributed.Client`` or ``concurrent.futures.Executor`` to run the sampler runs on
     (see sdlab.sweep); the references are solved here. A run that fails there is listed in ``.errors``."""
+    checks.lab("lab", lab)
+    samplers = checks.names("samplers", samplers, example="['Euler', 'DPM++ 2M']")
+    schedules = checks.names("schedules", schedules, example="['automatic', 'Karras']")
+    steps = checks.wholes("steps", steps, low=2, high=checks.MAX_STEPS,
+                          hint=" The error is measured before the last step.")
+    reference_steps = checks.whole("reference_steps", reference_steps, low=2, high=checks.MAX_STEPS)
+    prompt, negative_prompt = checks.text("prompt", prompt), checks.text("negative_prompt", negative_prompt)
+    checks.flag("progress", progress)
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise WrongType(f"executor must be a dask.distributed.Client or a concurrent.futures.Executor (or None), "
+                        f"not {type(executor).__name__}.", argument="executor")
     base = Settings(prompt=prompt, negative_prompt=negative_prompt, seed=seed, cfg=cfg, width=width, height=height)
     cells = []
     skipped: dict[tuple[str, str], str] = {}
     seen: set[tuple[str, str]] = set()  # "automatic" and the schedule it stands for are one line
     for name in samplers:
-        spec, legacy = parse_sampler(name)
+        try:
+            spec, legacy = parse_sampler(name)
+        except SdlabError as exc:
+            raise InvalidArgument(f"samplers: {exc}", argument="samplers") from None
         if spec.stochastic:
-            raise ValueError(f"{spec.name} is stochastic: it samples the reverse SDE, whose result differs from the "
+            raise InvalidArgument(f"{spec.name} is stochastic: it samples the reverse SDE, whose result differs from the "
                              "probability-flow ODE's however many steps it takes, so its error against the ODE would not "
                              f"fall with NFE. sampler_accuracy measures ODE solvers: {', '.join(deterministic_samplers())}.")
         for schedule in ([legacy] if legacy else schedules):
+            try:
+                S.resolve_schedule(schedule)
+            except SdlabError as exc:
+                raise InvalidArgument(f"schedules: {exc}", argument="schedules") from None
             try:
                 _, concrete = resolve(spec.name, schedule)
             except ValueError as exc:
@@ -141,11 +162,9 @@ def sampler_accuracy(lab, samplers: Sequence[str] = ("Euler", "Heun", "DPM++ 2M"
                 continue
             seen.add((spec.name, concrete))
             for n in steps:
-                if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-                    raise ValueError(f"steps must be whole numbers >= 2 (the error is measured before the last step), not {n!r}.")
-                cells.append(prepare(lab, base.updated(sampler=spec.name, schedule=concrete, steps=int(n))))
+                cells.append(prepare(lab, base.updated(sampler=spec.name, schedule=concrete, steps=n)))
     if not cells:
-        raise ValueError(f"Nothing to measure: every combination was skipped ({'; '.join(skipped.values())}).")
+        raise InvalidArgument(f"Nothing to measure: every combination was skipped ({'; '.join(skipped.values())}).")
     denoiser = Denoiser(lab, prompt, negative_prompt, cfg)
     references: dict[tuple, tuple[torch.Tensor, Reference]] = {}
     rows, errors = [], {}
@@ -234,7 +253,7 @@ def _dop853(denoiser: Denoiser, start: torch.Tensor, sigma_start: float, sigma_e
     sol = solve_ivp(rhs, (math.log(sigma_start), math.log(sigma_end)), start.reshape(-1).numpy(), method="DOP853",
                     rtol=rtol, atol=atol)
     if not sol.success:
-        raise RuntimeError(f"The reference ODE solve failed: {sol.message}")
+        raise GenerationError(f"The reference ODE solve failed: {sol.message}")
     return torch.from_numpy(sol.y[:, -1]).reshape(shape)
 
 

@@ -8,6 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from . import checks
+from .errors import InvalidArgument, SdlabError, WrongType
 from . import noise_schedules as S
 from .generation import prepare
 from .notices import notice
@@ -51,7 +53,7 @@ class RunStats:
 
 def run_stats(run: Run) -> RunStats:
     if not run.records:
-        raise ValueError("This run has no records.")
+        raise InvalidArgument("This run has no records.")
     x0 = [r.view("x0") for r in run.records]
     change = [float("nan")] + [float((b - a).norm() / b.norm().clamp_min(1e-12)) for a, b in zip(x0, x0[1:])]
     lat = [r.view("xt") for r in run.records]
@@ -64,7 +66,7 @@ def run_stats(run: Run) -> RunStats:
 def cfg_parts(record: StepRecord, cfg: float) -> dict[str, torch.Tensor]:
     """The pieces of classifier-free guidance at one step: eps = eps_u + s (eps_c - eps_u)."""
     if record.noise_cond is None:
-        raise ValueError("This record has no noise predictions (record=False).")
+        raise InvalidArgument("This record has no noise predictions (record=False).")
     cond = record.noise_cond.float()
     if record.noise_uncond is None:  # cfg <= 1: the pipeline made one prediction
         return {"cond": cond, "combined": cond}
@@ -107,6 +109,8 @@ class Sweep:
 
     def wait(self, timeout: float | None = None) -> "Sweep":
         """For ``sweep(..., wait=False)``: block until every cell is back (or ``timeout``)."""
+        if timeout is not None:
+            timeout = checks.number("timeout", timeout, low=0, high=threading.TIMEOUT_MAX, hint=" It is in seconds; None waits for every cell.")
         if self._thread is not None:
             self._thread.join(timeout)
         return self
@@ -132,6 +136,21 @@ def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any],
     finish (``sweep.finished``, ``sweep.wait()``); interrupted, the sweep keeps what came back
     (``sweep.interrupted``). On a cluster, a worker that dies has its cells retried.
     """
+    checks.lab("lab", lab)
+    if base is not None and not isinstance(base, Settings):
+        raise WrongType(f"base must be sdlab.Settings (or None), not {type(base).__name__}.", argument="base")
+    x = _axis("x", x)
+    if y is not None:
+        y = _axis("y", y)
+        if y == x:
+            raise InvalidArgument(f"x and y are both {x!r}: a grid needs two different settings (or y=None).",
+                                  argument="y")
+    x_values, y_values = _values("x_values", x_values), _values("y_values", y_values)
+    for name, flag in (("skip_invalid", skip_invalid), ("records", records), ("wait", wait), ("progress", progress)):
+        checks.flag(name, flag)
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise WrongType(f"executor must be a dask.distributed.Client or a concurrent.futures.Executor (or None), "
+                        f"not {type(executor).__name__}.", argument="executor")
     base = (base or Settings()).updated(**settings)
     if base.seed is None:
         base = replace(base, seed=0)
@@ -142,9 +161,12 @@ def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any],
             cell = base.updated(**{x: xv}) if y is None else base.updated(**{x: xv, y: yv})
             try:
                 cells[i, j] = prepare(lab, cell)
-            except ValueError as exc:
+            except SdlabError as exc:
                 if not skip_invalid:
-                    raise ValueError(f"Cell {y}={yv!r}, {x}={xv!r} cannot run: {exc}") from exc
+                    where = (f"The cell {x}={xv!r}, {y}={yv!r} (x_values, y_values)" if y is not None
+                             else f"The cell {x}={xv!r} (x_values)")
+                    raise InvalidArgument(f"{where} cannot run: {exc} (skip_invalid=True leaves such cells empty)",
+                                          argument=exc.argument or "x_values") from exc
                 errors[i, j] = str(exc)
     runs: list[list[Run | None]] = [[None] * len(x_values) for _ in y_values]
     result = Sweep(x=x, x_values=list(x_values), y=y, y_values=list(y_values), runs=runs, errors=errors)
@@ -177,6 +199,28 @@ def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any],
         result._thread = threading.Thread(target=gather, daemon=True, name="sdlab-sweep")
         result._thread.start()
     return result
+
+
+def _axis(name: str, value: Any) -> str:
+    """A sweep axis: a Settings field (or diffusers' / A1111's name for one), as the field's name."""
+    from .settings import ALIASES, SETTING_NAMES
+
+    if isinstance(value, str) and ALIASES.get(value, value) in SETTING_NAMES - {"origin", "extra"}:
+        return ALIASES.get(value, value)
+    raise InvalidArgument(f"{name} must name a setting to vary, such as 'cfg', 'sampler', 'schedule', 'steps' or "
+                          f"'seed', not {value!r:.60}.", argument=name)
+
+
+def _values(name: str, value: Any) -> list:
+    """The values along an axis: a list (a bare string is one value, never its letters)."""
+    if isinstance(value, (str, bytes)) or value is None or not hasattr(value, "__iter__"):
+        if value is None or not isinstance(value, str):
+            raise WrongType(f"{name} must be a list of values, not {type(value).__name__} {value!r:.60}.", argument=name)
+        return [value]
+    values = list(value)
+    if not values:
+        raise InvalidArgument(f"{name} is empty: give at least one value.", argument=name)
+    return values
 
 
 def schedule_table(names: Sequence[str], n: int, model: S.TrainingSchedule | None = None, family: str = "sd1",

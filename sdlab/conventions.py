@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+from .errors import InvalidArgument
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
@@ -68,7 +69,7 @@ def xt_scale(sigma, variance_exploding: bool) -> float:
 
 def check_prediction_type(kind: str) -> str:
     if kind not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, not {kind!r}.")
+        raise InvalidArgument(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, not {kind!r}.")
     return kind
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import NotSupported
 from . import conventions as C
 from . import noise_schedules as S
 from .toy import is_teaching_model
@@ -30,7 +31,7 @@ class Denoiser:
     def __init__(self, lab, prompt: str = "", negative_prompt: str = "", cfg: float = 7.0):
         pipe = lab.pipe
         if type(pipe).__name__ != "StableDiffusionPipeline":
-            raise NotImplementedError(f"The denoiser wrapper supports SD 1.x / 2.x and the toy model; this model is a "
+            raise NotSupported(f"The denoiser wrapper supports SD 1.x / 2.x and the toy model; this model is a "
                                       f"{type(pipe).__name__} (SDXL's added conditioning is not wired).")
         self.unet = pipe.unet
         self.prediction_type = lab.prediction_type

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from .errors import InvalidArgument, WrongType
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "full": torch.float32,
@@ -24,7 +25,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):
-        raise TypeError(f"device must be a string like 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps', not {device!r}")
+        raise WrongType(f"device must be a string like 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps', not {device!r}")
     name = device.strip().lower()
     if name == "auto":
         if cuda_available():
@@ -35,29 +36,29 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ValueError(
+        raise InvalidArgument(
             f"Unknown device {device!r}. Use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
         ) from None
     if dev.type == "cuda":
         if not cuda_available():
             build = "a CPU-only build of torch" if torch.version.cuda is None else f"torch built for CUDA {torch.version.cuda}, but no GPU/driver is visible"
-            raise ValueError(
+            raise InvalidArgument(
                 f"device={device!r} was asked for, but CUDA is not available here ({build}). "
                 "Use device='auto' or 'cpu', or install a CUDA build of torch (see README, 'GPU')."
             )
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device={device!r}: there are only {count} CUDA device(s) (cuda:0 .. cuda:{count - 1}).")
+            raise InvalidArgument(f"device={device!r}: there are only {count} CUDA device(s) (cuda:0 .. cuda:{count - 1}).")
         return dev
     if dev.type == "mps":
         if not mps_available():
-            raise ValueError(
+            raise InvalidArgument(
                 f"device={device!r} was asked for, but Apple MPS is not available here. Use device='auto' or 'cpu'."
             )
         return dev
     if dev.type == "cpu":
         return dev
-    raise ValueError(f"Unsupported device {device!r}. Use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    raise InvalidArgument(f"Unsupported device {device!r}. Use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -68,12 +69,12 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if isinstance(dtype, str):
         key = dtype.strip().lower().removeprefix("torch.")
         if key not in _DTYPES:
-            raise ValueError(f"Unknown dtype {dtype!r}. Use 'auto', 'float32', 'float16' or 'bfloat16'.")
+            raise InvalidArgument(f"Unknown dtype {dtype!r}. Use 'auto', 'float32', 'float16' or 'bfloat16'.")
         dtype = _DTYPES[key]
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"Unsupported dtype {dtype}. Use 'auto', 'float32', 'float16' or 'bfloat16'.")
+        raise InvalidArgument(f"Unsupported dtype {dtype}. Use 'auto', 'float32', 'float16' or 'bfloat16'.")
     if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError(
+        raise InvalidArgument(
             "dtype float16 was asked for on the CPU, where it is unsupported or very slow. "
             "Use dtype='float32' (or 'bfloat16') on the CPU, or a GPU with device='cuda'."
         )

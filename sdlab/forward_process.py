@@ -11,6 +11,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from . import checks
+from .errors import InvalidArgument
 from . import noise_schedules as S
 
 
@@ -24,35 +26,33 @@ def add_noise(image_or_latents, *, sigma: float | Sequence[float] | None = None,
     Returns the variance-preserving latents the UNet sees: (L, 4, h, w) for L levels of one picture, or
     (B, 4, h, w) for a batch of latents at one level. ``lab.decode(...)`` shows them."""
     if (sigma is None) == (timestep is None):
-        raise ValueError("add_noise needs exactly one of sigma=... (noise levels) or timestep=... (training timesteps).")
-    x0 = _latents(image_or_latents, lab)
+        raise InvalidArgument("add_noise needs exactly one of sigma=... (noise levels) or timestep=... (training "
+                              "timesteps).", argument="sigma")
+    if lab is not None:
+        checks.lab("lab", lab)
+    seed = checks.whole("seed", seed, low=0, high=2 ** 64 - 1)
     if sigma is not None:
-        sig = np.atleast_1d(np.asarray(sigma, dtype=np.float64))
-        if not np.all(np.isfinite(sig)) or np.any(sig < 0):
-            raise ValueError(f"sigma must be finite and >= 0, not {sigma!r}.")
+        sig = checks.reals("sigma", sigma, low=0, max_size=10_000)
     else:
         training = S.TrainingSchedule.of(lab)
-        t = np.atleast_1d(np.asarray(timestep, dtype=np.float64))
         T = training.num_train_timesteps
-        if not np.all(np.isfinite(t)) or np.any(t < 0) or np.any(t > T - 1):
-            raise ValueError(f"timestep must lie in 0 .. {T - 1} (the model's training timesteps), not {timestep!r}.")
-        sig = training.t_to_sigma(t)
+        sig = training.t_to_sigma(checks.reals("timestep", timestep, low=0, high=T - 1, max_size=10_000))
+    x0 = _latents(image_or_latents, lab)
     if len(sig) > 1 and len(x0) > 1:
-        raise ValueError(f"Give one picture with several noise levels, or several with one; got {len(x0)} "
+        raise InvalidArgument(f"Give one picture with several noise levels, or several with one; got {len(x0)} "
                          f"pictures and {len(sig)} levels.")
-    noise = torch.randn(x0.shape[1:], generator=torch.Generator("cpu").manual_seed(int(seed)), dtype=torch.float64)
+    noise = torch.randn(x0.shape[1:], generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float64)
     a = torch.as_tensor(S.vp_scale(sig))[:, None, None, None]  # sqrt(abar)
     return (a * x0.double() + torch.sqrt(1 - a * a) * noise).float()
 
 
 def _latents(x, lab) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
-        z = x.detach().float().cpu()
-        if z.ndim == 3:
-            z = z[None]
-        if z.ndim != 4:
-            raise ValueError(f"Latents must be 4 x h x w or B x 4 x h x w, not of shape {tuple(x.shape)}.")
-        return z
+        return checks.latents("image_or_latents", x).detach().float().cpu()
     if lab is None:
-        raise ValueError("To noise a picture, pass lab=... (its VAE encodes the picture), or pass latents.")
-    return lab.encode(x)
+        raise InvalidArgument("image_or_latents: to noise a picture, pass lab=... (its VAE encodes the picture), or "
+                              "pass latents (a tensor).", argument="image_or_latents")
+    try:
+        return lab.encode(x)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"image_or_latents: {exc}", argument="image_or_latents") from None

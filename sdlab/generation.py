@@ -23,6 +23,7 @@ import copy
 import gc
 import inspect
 import math
+import os
 import secrets
 import threading
 import time
@@ -32,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
-from . import a1111
+from .errors import BusyError, GenerationError, InvalidArgument, RunTimeout, WrongType  # noqa: F401  (sdlab.generation.BusyError, its first home)
+from . import a1111, checks
 from . import conventions as C
 from . import noise_schedules as S
 from . import sampler_catalog as catalog
@@ -45,14 +47,6 @@ from .settings import ALIASES, OPTION_NAMES, SETTING_NAMES, RunOptions, Settings
 
 if TYPE_CHECKING:
     from .recipes import Recipe
-
-
-class GenerationError(RuntimeError):
-    """A run failed; the message says what to do. The pipeline stays usable."""
-
-
-class BusyError(RuntimeError):
-    """A run is already going on this model."""
 
 
 def native_size(lab) -> int:
@@ -77,46 +71,50 @@ def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
     the catalog's; it is recorded in ``settings.scheduler_config`` so that a saved run reproduces."""
     from . import recipes  # (diffusers' scheduler classes: imported with the first run, not with sdlab)
 
+    checks.lab("lab", lab)
     if isinstance(settings, Prepared):
         return settings
+    if not isinstance(settings, Settings):
+        raise WrongType(f"settings must be sdlab.Settings (or a prompt string, in generate), not "
+                        f"{type(settings).__name__} {settings!r:.80}.", argument="settings")
     s = settings
     if s.prompt is None or s.negative_prompt is None:  # diffusers' None: no (negative) prompt
         s = replace(s, prompt=s.prompt or "", negative_prompt=s.negative_prompt or "")
-    for name in ("prompt", "negative_prompt"):
-        if not isinstance(getattr(s, name), str):
-            raise TypeError(f"{name} must be a string, not {type(getattr(s, name)).__name__} ({getattr(s, name)!r}).")
+    for name in ("prompt", "negative_prompt", "sampler", "schedule"):
+        checks.text(name, getattr(s, name))
     T = int(lab.default_scheduler.config.get("num_train_timesteps", 1000))
-    if isinstance(s.steps, bool) or not isinstance(s.steps, (int, np.integer)) or not 1 <= s.steps <= T:
-        raise ValueError(f"steps must be a whole number from 1 to {T} (the model's training timesteps), "
-                         f"not {s.steps!r}; 20 to 50 is typical.")
-    if s.eta is not None and (isinstance(s.eta, bool) or not isinstance(s.eta, (int, float, np.floating))
-                              or not math.isfinite(s.eta) or s.eta < 0):
-        raise ValueError(f"eta must be a finite number >= 0 (0: DDIM without noise, 1: ancestral), or None for "
-                         f"the sampler's own, not {s.eta!r}.")
+    steps = checks.whole("steps", s.steps, low=1, high=T, hint=f" The model was trained on {T} timesteps; 20 to 50 steps is typical.")
+    eta = None if s.eta is None else checks.number(
+        "eta", s.eta, low=0, hint=" 0 is DDIM without noise, 1 ancestral; None keeps the sampler's own.")
     if not isinstance(s.schedule_params, dict) or not all(isinstance(k, str) for k in s.schedule_params):
-        raise TypeError(f"schedule_params must be a dict such as {{'rho': 7.0}}, not {s.schedule_params!r}.")
-    if not isinstance(s.cfg, (int, float)) or not math.isfinite(s.cfg) or s.cfg < 0:
-        raise ValueError(f"cfg (guidance scale) must be a finite number >= 0, not {s.cfg!r}; 7 is typical, 1 turns CFG off.")
-    if not isinstance(s.batch_size, (int, np.integer)) or s.batch_size < 1:
-        raise ValueError(f"batch_size must be a whole number >= 1, not {s.batch_size!r}.")
+        raise WrongType(f"schedule_params must be a dict such as {{'rho': 7.0}}, not {s.schedule_params!r}.",
+                        argument="schedule_params")
+    params = {k: checks.number(f"schedule_params[{k!r}]", v) for k, v in s.schedule_params.items()}
+    cfg = checks.number("cfg", s.cfg, low=0, hint=" It is the guidance scale: 7 is typical, 1 turns CFG off.")
+    batch = checks.whole("batch_size", s.batch_size, low=1)
     factor = lab.pipe.vae_scale_factor
     size = native_size(lab)
-    width = size if s.width is None else s.width
-    height = size if s.height is None else s.height
+    width = size if s.width is None else checks.whole("width", s.width, hint=_size_hint(s.width, factor, size))
+    height = size if s.height is None else checks.whole("height", s.height, hint=_size_hint(s.height, factor, size))
     for name, v in (("width", width), ("height", height)):
-        if not isinstance(v, (int, np.integer)) or v < factor or v % factor:
-            lower = max(factor, (int(v) // factor) * factor) if isinstance(v, (int, float)) else size
-            raise ValueError(f"{name}={v!r} must be a positive multiple of {factor} (the VAE's downsampling); "
-                             f"try {lower} or {lower + factor}.")
+        if v < factor or v % factor:
+            raise InvalidArgument(f"{name}={v!r} must be a positive multiple of {factor} (the VAE's downsampling)."
+                                  f"{_size_hint(v, factor, size)}", argument=name)
     seed = s.seed
     if seed is None:
         seed = secrets.randbelow(2 ** 32)
-    elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 63:
-        raise ValueError(f"seed must be a whole number from 0 to 2**63-1 (or None for a random one), not {seed!r}.")
+    else:
+        seed = checks.whole("seed", seed, low=0, high=2 ** 63 - 1, hint=" None draws a random one.")
+    s = replace(s, steps=steps, eta=eta, schedule_params=params, cfg=cfg, batch_size=batch)
     done = replace(s, width=int(width), height=int(height), seed=int(seed))
     if scheduler is not None and (s.sampler, s.schedule) != (Settings.sampler, Settings.schedule):
-        raise ValueError(f"generate got scheduler=... and also sampler={s.sampler!r} / schedule={s.schedule!r}: the "
+        raise InvalidArgument(f"generate got scheduler=... and also sampler={s.sampler!r} / schedule={s.schedule!r}: the "
                          "scheduler decides the sampler and schedule. Pass one or the other.")
+    if scheduler is not None:
+        checks.scheduler("scheduler", scheduler)
+    if s.scheduler_config is not None and not isinstance(s.scheduler_config, dict):
+        raise WrongType(f"scheduler_config must be a dict ({{'_class_name': ..., **config}}) or None, not "
+                        f"{type(s.scheduler_config).__name__}.", argument="scheduler_config")
     if scheduler is not None or s.scheduler_config is not None:
         scheduler = copy.deepcopy(scheduler) if scheduler is not None else _scheduler_from_config(s.scheduler_config)
         if scheduler.config.get("noise_sampler_seed", 0) is None:
@@ -139,6 +137,15 @@ def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
                     recipe=recipe)
 
 
+def _size_hint(value, factor: int, native: int) -> str:
+    """Which sizes near ``value`` work (any value: NaN, inf or a string gives the model's native size)."""
+    try:
+        lower = max(factor, (int(value) // factor) * factor)
+    except (TypeError, ValueError, OverflowError):
+        lower = native
+    return f" Try {lower} or {lower + factor}."
+
+
 def prepare_settings(lab, settings: Settings) -> Settings:
     """The settings a run of these would use: checked, seed and size filled in, names resolved."""
     return prepare(lab, settings).settings
@@ -156,11 +163,11 @@ def _scheduler_from_config(config: dict):
         recipes.check_scheduler_config(config)
         cls = recipes.scheduler_class(config.get("_class_name"))
     except ValueError as exc:
-        raise ValueError(f"scheduler_config: {exc}") from None
+        raise InvalidArgument(f"scheduler_config: {exc}") from None
     try:
         return cls.from_config(config)
     except (ValueError, TypeError, KeyError, NotImplementedError, AttributeError) as exc:
-        raise ValueError(f"scheduler_config: diffusers could not build {cls.__name__} from it ({exc}). Drop the "
+        raise InvalidArgument(f"scheduler_config: diffusers could not build {cls.__name__} from it ({exc}). Drop the "
                          "scheduler_config to run the settings' sampler and schedule.") from None
 
 
@@ -200,10 +207,18 @@ def initial_noise(lab, settings: Settings) -> torch.Tensor:
 
 
 def check_options(options: RunOptions) -> RunOptions:
-    if options.preview is not None and options.preview not in DECODERS:
-        raise ValueError(f"Unknown preview decoder {options.preview!r}; choose one of {', '.join(DECODERS)} (or None).")
-    if options.preview_target not in TARGETS:
-        raise ValueError(f"Unknown preview target {options.preview_target!r}; choose 'x0' (predicted clean image) or 'xt'.")
+    """How a run is watched, checked before it starts (a bad callback or dtype would otherwise fail mid-run)."""
+    if options.preview is not None:
+        checks.choice("preview", options.preview, DECODERS, hint=" Or None for no preview.")
+    checks.choice("preview_target", options.preview_target, TARGETS, hint=" x0 is the predicted clean image, xt the sample.")
+    checks.flag("preview_channels", options.preview_channels)
+    checks.flag("record", options.record)
+    checks.function("on_step", options.on_step)
+    checks.choice("record_dtype", options.record_dtype, (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+                  hint=" float16 keeps records small; float32 for checks by hand.")
+    if options.taesd is not None and not isinstance(options.taesd, (str, os.PathLike)):
+        raise WrongType(f"taesd must be a local folder with TAESD's weights (or None), not {type(options.taesd).__name__}.",
+                        argument="taesd")
     return options
 
 
@@ -408,6 +423,10 @@ def generate(lab, prompt: str | Settings | Prepared | None = None, *, stop: thre
     queue: while another run is going on this model, wait for it to end (runs from several threads then
       take turns) instead of raising BusyError.
     """
+    if stop is not None and not callable(getattr(stop, "is_set", None)):
+        raise WrongType(f"stop must be a threading.Event (set it to end the run), not {type(stop).__name__}.",
+                        argument="stop")
+    checks.flag("queue", queue)
     prepared, options = _parse(lab, prompt, kwargs, scheduler)
     return _run(lab, prepared, options, make_previewer(lab, options), stop or threading.Event(), _started,
                 queue=queue)
@@ -415,9 +434,13 @@ def generate(lab, prompt: str | Settings | Prepared | None = None, *, stop: thre
 
 def _parse(lab, prompt, kwargs: dict, scheduler) -> tuple[Prepared, RunOptions]:
     """generate()'s arguments as a prepared run and its options; everything checked, nothing started."""
+    checks.lab("lab", lab)
+    if not (prompt is None or isinstance(prompt, (str, Settings, Prepared))):
+        raise WrongType(f"prompt must be a string (or sdlab.Settings), not {type(prompt).__name__} {prompt!r:.60}.",
+                        argument="prompt")
     settings, options, rest = split_kwargs(None if isinstance(prompt, Prepared) else prompt, kwargs)
     if isinstance(prompt, Prepared) and (set(kwargs) - set(rest) - OPTION_NAMES or scheduler is not None):
-        raise TypeError("A prepared run's settings are fixed; prepare new settings to change them.")
+        raise WrongType("A prepared run's settings are fixed; prepare new settings to change them.")
     _refuse_unknown(rest)
     check_options(options)
     prepared = prepare(lab, prompt if isinstance(prompt, Prepared) else settings, scheduler=scheduler)
@@ -471,14 +494,14 @@ def check_fits(lab, settings: Settings, options: RunOptions) -> None:
     hint = (f"at batch {b} the largest square that fits is about {side}x{side}" if side >= f else
             "no size fits at this batch") + (f"; at {w}x{h}, a batch of {batch}" if batch >= 1 else "")
     raise GenerationError(
-        f"{b} image(s) at {w}x{h} need about {gib(need)} of working memory ({'records, ' if options.record else ''}"
+        f"batch_size={b} image(s) at width={w}, height={h} need about {gib(need)} of working memory ({'records, ' if options.record else ''}"
         f"decoding and images), and {gib(free)} is free on {lab.device}: {hint}. "
         f"{'record=False keeps only the step metadata. ' if options.record else ''}Nothing was started.")
 
 
 def _refuse_unknown(rest: dict) -> None:
     if rest:
-        raise TypeError(f"Unknown argument(s) {sorted(rest)}. Settings: {', '.join(sorted(SETTING_NAMES))} "
+        raise WrongType(f"Unknown argument(s) {sorted(rest)}. Settings: {', '.join(sorted(SETTING_NAMES))} "
                         f"(aliases: {', '.join(sorted(ALIASES))}); options: {', '.join(sorted(OPTION_NAMES))}, "
                         "scheduler, stop.")
 
@@ -676,8 +699,12 @@ class Job:
         return self._error
 
     def wait(self, timeout: float | None = None) -> Run:
+        """The run, once it has ended (``timeout`` seconds at most; None waits as long as it takes)."""
+        if timeout is not None:
+            timeout = checks.number("timeout", timeout, low=0, high=threading.TIMEOUT_MAX, hint=" It is in seconds; None waits until the run ends.")
         if not self._ended.wait(timeout):
-            raise TimeoutError(f"The run is still going after {timeout} s; call job.stop() to end it.")
+            raise RunTimeout(f"The run is still going after timeout={timeout} s; call job.stop() to end it.",
+                             argument="timeout")
         if self._error is not None:
             raise self._error
         return self._result
@@ -694,6 +721,7 @@ def generate_async(lab, prompt: str | Settings | Prepared | None = None, *, sche
 
     Bad settings and options, and a second run on a model whose run is still going (BusyError), raise
     here, in the caller's thread, before any thread starts. Runs are refused, not queued."""
+    checks.function("on_done", on_done)
     prepared, options = _parse(lab, prompt, kwargs, scheduler)
     previewer = make_previewer(lab, options)
     # taken here, in the caller's thread, and handed to the worker: checking and taking in one step means

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from .errors import InvalidArgument
 
 
 @dataclass
@@ -37,7 +38,7 @@ def three_way_guidance(lab, negative_scale: float = 1.0, cfg: float = 7.0):
 
     cfg must be the guidance scale of the runs made inside (it appears in u'); it must not be 1."""
     if cfg == 1:
-        raise ValueError("The three-way rewrite divides by (cfg - 1); use a guidance scale other than 1.")
+        raise InvalidArgument("The three-way rewrite divides by (cfg - 1); use a guidance scale other than 1.")
     pipe = lab.pipe
     encoded = pipe.encode_prompt(prompt="", device=pipe.device, num_images_per_prompt=1,
                                  do_classifier_free_guidance=False)

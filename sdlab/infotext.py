@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from . import checks
+from .errors import InvalidArgument, MissingFile, WrongType
 from . import noise_schedules as S
 from .a1111 import ORIGIN
 from .sampler_catalog import CATALOG, parse_sampler
@@ -86,17 +88,20 @@ def save_png(run, path, *, index: int = 0) -> Path:
     from PIL.PngImagePlugin import PngInfo
 
     if not run.images:
-        raise ValueError("This run has no image yet (it is still going, or failed); wait for it first.")
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"Save as .png so the settings travel with the picture, not {path.suffix or 'no suffix'!r}.")
+        raise InvalidArgument("This run has no image yet (it is still going, or failed); wait for it first.")
+    index = checks.whole("index", index, low=-len(run.images), high=len(run.images) - 1)
+    path = checks.output_file("path", path, suffix=".png")  # .png: the settings travel with the picture
     info = PngInfo()
     info.add_text(A1111_CHUNK, format_infotext(run))
     data = settings_json(run)
     data["image_index"] = index
     info.add_text(SDLAB_CHUNK, json.dumps(data))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    run.images[index].save(path, pnginfo=info)
+    image = run.images[index]
+    try:  # a full disk or a vanished folder leaves no truncated PNG, and keeps a file that was there
+        checks.write_atomically(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+    except OSError as exc:
+        raise InvalidArgument(f"path: could not write {str(path)!r} ({exc.strerror or exc}); nothing was written. "
+                              "Free some space or save somewhere else.", argument="path") from None
     return path
 
 
@@ -110,15 +115,15 @@ def read_settings(source) -> Settings:
             if not isinstance(raw, dict):
                 raise TypeError
             return Settings(**{**{k: v for k, v in raw.items() if k in SETTING_NAMES}, "origin": "sdlab"})
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             if text is None:
-                raise ValueError(f"The image's sdlab settings (PNG text '{SDLAB_CHUNK}') are damaged and it has no "
+                raise InvalidArgument(f"The image's sdlab settings (PNG text '{SDLAB_CHUNK}') are damaged and it has no "
                                  "A1111 text to fall back on; nothing to read.") from exc
             from .notices import notice
 
             notice(f"sdlab: the image's sdlab settings are damaged; reading its A1111 '{A1111_CHUNK}' text instead.")
     if text is None:
-        raise ValueError("No generation settings found: the image has neither sdlab's nor A1111's 'parameters' text.")
+        raise InvalidArgument("No generation settings found: the image has neither sdlab's nor A1111's 'parameters' text.")
     return parse_infotext(text)
 
 
@@ -135,7 +140,7 @@ def _texts(source) -> tuple[str | None, str | None]:
             is_file = False
         if not is_file:
             shown = str(path) if len(str(path)) <= 80 else str(path)[:77] + "..."
-            raise FileNotFoundError(f"No such image: {shown!r} (pass a PNG path, a PIL image, or an A1111 "
+            raise MissingFile(f"source: no such image: {shown!r} (pass a PNG path, a PIL image, or an A1111 "
                                     "infotext string, which has a 'Steps: ...' line).")
         meta = _metadata(path, str(path))
     elif isinstance(source, (bytes, bytearray)):
@@ -145,7 +150,8 @@ def _texts(source) -> tuple[str | None, str | None]:
     elif isinstance(source, Image.Image):
         meta = dict(getattr(source, "text", None) or source.info)
     else:
-        raise TypeError(f"read_settings takes a PNG path, bytes, a PIL image or an infotext string, not {type(source).__name__}.")
+        raise WrongType(f"source must be a PNG path, bytes, a PIL image or an infotext string, not {type(source).__name__}.",
+                        argument="source")
     return meta.get(A1111_CHUNK), meta.get(SDLAB_CHUNK)
 
 
@@ -157,8 +163,8 @@ def _metadata(file, name: str) -> dict:
             img.load()
             return dict(getattr(img, "text", None) or img.info)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"Cannot read {name} as an image ({type(exc).__name__}: {exc}). Pass a PNG saved by sdlab "
-                         "or A1111, a PIL image, or the infotext itself as a string.") from exc
+        raise InvalidArgument(f"source: cannot read {name} as an image ({type(exc).__name__}: {exc}). Pass a PNG saved by sdlab "
+                         "or A1111, a PIL image, or the infotext itself as a string.", argument="source") from exc
 
 
 def _field(key: str, value: str, convert):
@@ -166,11 +172,13 @@ def _field(key: str, value: str, convert):
         return convert(value)
     except (TypeError, ValueError, OverflowError):
         kind = "a whole number" if convert is int else "a number"
-        raise ValueError(f"The infotext's '{key}: {value}' is not {kind}; correct or remove that field.") from None
+        raise InvalidArgument(f"The infotext's '{key}: {value}' is not {kind}; correct or remove that field.") from None
 
 
 def parse_infotext(text: str) -> Settings:
     """Parse A1111's infotext: prompt lines, 'Negative prompt:' lines, then the 'Key: value, ...' line."""
+    text = checks.text("text", text, hint=" Pass the infotext itself (A1111's 'parameters' text); "
+                       "sdlab.read_settings reads it from a PNG.")
     lines = text.strip().split("\n")
     params_line = lines[-1] if len(_RE_PARAM.findall(lines[-1])) >= 3 else ""
     body = lines[:-1] if params_line else lines
@@ -184,7 +192,10 @@ def parse_infotext(text: str) -> Settings:
     for key, value in _RE_PARAM.findall(params_line):
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = json.loads(value)
+            try:  # A1111 quotes a value that holds a comma or a colon, JSON-style
+                value = json.loads(value)
+            except (ValueError, RecursionError):
+                value = value[1:-1]  # not JSON after all: the text between the quotes, as written
         values[key.strip()] = value
     settings: dict[str, Any] = {"prompt": "\n".join(prompt).strip(), "negative_prompt": "\n".join(negative).strip()}
     extra: dict[str, str] = {}

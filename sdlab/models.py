@@ -22,6 +22,8 @@ from typing import Any, Callable, Literal
 
 import torch
 
+from . import checks
+from .errors import InvalidArgument, SdlabError, WrongType
 from . import devices
 from .notices import notice
 from .tiny import build_tiny_pipeline, build_tiny_sdxl_pipeline
@@ -76,7 +78,7 @@ SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeli
 _REMOTE_CODE_KWARGS = {"custom_pipeline", "trust_remote_code", "custom_revision"}
 
 
-class LoadError(ValueError):
+class LoadError(SdlabError, ValueError):
     """A model could not be loaded; the message says why and what to do."""
 
 
@@ -92,7 +94,7 @@ class UnsupportedModelError(LoadError):
     """The weights are not Stable Diffusion 1.x, 2.x or SDXL."""
 
 
-class ModelUnloadedError(RuntimeError):
+class ModelUnloadedError(SdlabError, RuntimeError):
     """The handle's model was unloaded with sdlab.unload()."""
 
 
@@ -211,15 +213,15 @@ class Lab:
 
     def generator(self, seed: int) -> torch.Generator:
         """A CPU generator: the same seed gives the same initial noise on every device."""
-        return torch.Generator("cpu").manual_seed(int(seed))
+        return torch.Generator("cpu").manual_seed(checks.whole("seed", seed, low=0, high=2 ** 64 - 1))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list:
         """PIL images of (B, 4, h, w) latents, decoded with the model's VAE exactly as the pipeline does."""
         pipe = self.pipe
         vae = pipe.vae
-        z = torch.as_tensor(latents)
-        z = (z[None] if z.ndim == 3 else z).to(device=vae.device, dtype=vae.dtype)
+        z = checks.latents("latents", latents, channels=vae.config.latent_channels)
+        z = z.to(device=vae.device, dtype=vae.dtype)
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         image = vae.decode(z / vae.config.scaling_factor + shift, return_dict=False)[0]
         return pipe.image_processor.postprocess(image, output_type="pil")
@@ -233,11 +235,21 @@ class Lab:
         pipe = self.pipe
         vae = pipe.vae
         items = images if isinstance(images, (list, tuple)) else [images]
-        items = [np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im) for im in items]
+        if not items:
+            raise InvalidArgument("images is empty: pass a PIL image, an H x W x 3 uint8 array, or a list of them.",
+                                  argument="images")
+        try:
+            items = [np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im) for im in items]
+        except (TypeError, ValueError):
+            items = [np.zeros(0)]
+        f = pipe.vae_scale_factor
         for a in items:
             if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-                raise ValueError(f"encode takes RGB pictures (PIL images or H x W x 3 uint8 arrays), not an array "
-                                 f"of shape {a.shape} and dtype {a.dtype}.")
+                raise InvalidArgument(f"images must be RGB pictures (PIL images or H x W x 3 uint8 arrays), not an array "
+                                      f"of shape {a.shape} and dtype {a.dtype}.", argument="images")
+            if a.shape[0] % f or a.shape[1] % f or a.shape != items[0].shape:
+                raise InvalidArgument(f"images must all have one size, each side a multiple of {f} (the VAE's "
+                                      f"downsampling): got {[x.shape[:2] for x in items][:4]}.", argument="images")
         pixels = torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2).float() / 127.5 - 1
         dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
         shift = getattr(vae.config, "shift_factor", None) or 0.0
@@ -326,9 +338,7 @@ def max_resident() -> int:
 def set_max_resident(n: int) -> None:
     """At most n models stay loaded; loading one more unloads the least recently used first."""
     global _max_resident
-    if isinstance(n, bool) or not isinstance(n, int) and not (hasattr(n, "__index__")) or int(n) < 1:
-        raise ValueError(f"max_resident must be a whole number >= 1 (how many models stay loaded), not {n!r}.")
-    _max_resident = int(n)
+    _max_resident = checks.whole("n", n, low=1, hint=" It is how many models stay loaded.")
 
 
 def load(model: str | os.PathLike | None = None, *, device: str = "auto", dtype: str | torch.dtype = "auto",
@@ -348,6 +358,11 @@ def load(model: str | os.PathLike | None = None, *, device: str = "auto", dtype:
     pipeline_kwargs: passed on to diffusers' from_pretrained / from_single_file. They are not part of the
       residency key (source, device, dtype, variant): to reload with others, sdlab.unload(source) first.
     """
+    if variant is not None:
+        checks.text("variant", variant, hint=" Such as 'fp16', or None.")
+    checks.flag("allow_pickle", allow_pickle)
+    if offline is not None:
+        checks.flag("offline", offline)
     dev = devices.resolve_device(device)
     dt = devices.resolve_dtype(dtype, dev)
     bad = _REMOTE_CODE_KWARGS & pipeline_kwargs.keys()
@@ -366,14 +381,14 @@ def load(model: str | os.PathLike | None = None, *, device: str = "auto", dtype:
             lab = _load_source(TOY, dev, dt, None, False, offline, {}, announce=False)
             lab.requested = requested
             return lab
-    return _load_source(_source_text(model, "load"), dev, dt, variant, allow_pickle, offline, pipeline_kwargs)
+    return _load_source(_source_text(model, "model"), dev, dt, variant, allow_pickle, offline, pipeline_kwargs)
 
 
-def _source_text(model, what: str) -> str:
+def _source_text(model, name: str) -> str:
     if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"sdlab.{what} takes a model as a string or path: a hub id, a folder, a .safetensors file, "
-                        f"'toy' or 'tiny'{' (or a Lab handle, or None for all)' if what == 'unload' else ''}, "
-                        f"not {type(model).__name__} ({model!r}).")
+        raise WrongType(f"{name} must name a model by a string or path: a hub id, a folder, a .safetensors file, "
+                        f"'toy' or 'tiny'{' (or be a Lab handle, or None for all)' if name == 'which' else ''}, "
+                        f"not {type(model).__name__} ({model!r:.80}).", argument=name)
     return os.fspath(model)
 
 
@@ -509,10 +524,10 @@ def classify_source(model: str, *, allow_pickle: bool = False) -> tuple[SourceKi
     looks_like_path = model.startswith((".", "/", "~")) or os.sep in model.replace("/", "") or \
         Path(model).suffix.lower() in PICKLE_SUFFIXES | {".safetensors"} or model.count("/") > 1
     if looks_like_path:
-        raise LoadError(f"No such file or folder: {model!r}. Check the path (it is relative to {os.getcwd()!r}).")
+        raise LoadError(f"model: no such file or folder: {model!r}. Check the path (it is relative to {os.getcwd()!r}).")
     if model.count("/") != 1 or any(c in model for c in " \t\\:"):
         raise LoadError(
-            f"{model!r} is neither an existing path nor a hub id like 'owner/name'. "
+            f"model={model!r} is neither an existing path nor a hub id like 'owner/name'. "
             f"Use 'toy', a hub id (e.g. {DEFAULT_MODEL!r}), a diffusers folder or a .safetensors file."
         )
     return "hub", model
@@ -659,7 +674,7 @@ def unload(which: Lab | str | None = None, *, because: str = "sdlab.unload()") -
             if not victims and which.is_loaded:  # a handle evicted from the registry but still holding weights
                 victims = [(None, which)]
         else:
-            text = _source_text(which, "unload")
+            text = _source_text(which, "which")
             victims = [(k, v) for k, v in _RESIDENT.items() if v.source == text or v.requested == text]
             if not victims:
                 try:

@@ -18,6 +18,8 @@ from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
+from . import checks
+from .errors import InvalidArgument, WrongType
 from .conventions import vp_scale  # noqa: F401  (sqrt(alphabar) at a noise level; written once there)
 
 # Align Your Steps (NVIDIA, Sabour et al. 2024): 10-step noise levels, as published for SD 1.5 and SDXL.
@@ -30,14 +32,15 @@ def _append_zero(s: np.ndarray) -> np.ndarray:
 
 
 def _check_n(n: int) -> int:
-    if int(n) != n or n < 1:
-        raise ValueError(f"The number of steps must be a whole number >= 1, not {n!r}.")
-    return int(n)
+    return checks.whole("n", n, low=1, high=checks.MAX_STEPS, hint=" It is the number of steps.")
 
 
 def _check_range(sigma_min: float, sigma_max: float) -> None:
-    if not (0 < sigma_min < sigma_max):
-        raise ValueError(f"Need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
+    sigma_min = checks.number("sigma_min", sigma_min, low=0, low_open=True)
+    sigma_max = checks.number("sigma_max", sigma_max, low=0, low_open=True)
+    if not sigma_min < sigma_max:
+        raise InvalidArgument(f"Need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.",
+                              argument="sigma_min")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -59,11 +62,16 @@ class TrainingSchedule:
 
         Computed in float32 like diffusers' schedulers, so the numbers match theirs exactly.
         """
-        T = int(config.get("num_train_timesteps", 1000))
+        if not isinstance(config, Mapping):
+            raise WrongType(f"config must be a diffusers scheduler config (a dict such as scheduler.config), not "
+                            f"{type(config).__name__}.", argument="config")
+        T = checks.whole("config['num_train_timesteps']", config.get("num_train_timesteps", 1000), low=2, high=100_000)
         kind = config.get("beta_schedule", "linear")
-        b0, b1 = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
+        b0 = checks.number("config['beta_start']", config.get("beta_start", 0.0001), low=0, high=1)
+        b1 = checks.number("config['beta_end']", config.get("beta_end", 0.02), low=0, high=1)
         if config.get("trained_betas") is not None:
-            betas = np.asarray(config["trained_betas"], dtype=np.float32)
+            betas = checks.reals("config['trained_betas']", config["trained_betas"], low=0, high=1,
+                                 max_size=100_000).astype(np.float32)
         elif kind == "linear":
             betas = np.linspace(b0, b1, T, dtype=np.float32)
         elif kind == "scaled_linear":  # "scaled_linear" is what Stable Diffusion was trained with
@@ -72,7 +80,8 @@ class TrainingSchedule:
             f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
             betas = np.array([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=np.float32)
         else:
-            raise ValueError(f"Unknown beta_schedule {kind!r}: expected linear, scaled_linear or squaredcos_cap_v2.")
+            raise InvalidArgument(f"config: unknown beta_schedule {kind!r:.40}: expected linear, scaled_linear or "
+                                  "squaredcos_cap_v2.", argument="config")
         alphas_cumprod = np.cumprod(1.0 - betas, dtype=np.float32)
         if config.get("rescale_betas_zero_snr"):  # Lin et al. 2023, "Common Diffusion Noise Schedules ... are Flawed"
             s = np.sqrt(alphas_cumprod.astype(np.float64))
@@ -97,8 +106,8 @@ class TrainingSchedule:
             return cls(np.asarray(ab.double().cpu().numpy() if hasattr(ab, "double") else ab, dtype=np.float64))
         if isinstance(source, Mapping):
             return cls.from_config(source)
-        raise TypeError(f"A training schedule comes from a lab, a diffusers scheduler, a scheduler config or "
-                        f"None (Stable Diffusion's), not {type(source).__name__}.")
+        raise WrongType(f"A training schedule (source, model) comes from a lab, a diffusers scheduler, a scheduler "
+                        f"config or None (Stable Diffusion's), not {type(source).__name__}.", argument="source")
 
     @classmethod
     def stable_diffusion(cls) -> "TrainingSchedule":
@@ -125,12 +134,13 @@ class TrainingSchedule:
 
     def t_to_sigma(self, t) -> np.ndarray:
         """Sigma at (fractional) timesteps, interpolating log sigma (k-diffusion's DiscreteSchedule.t_to_sigma)."""
-        return np.exp(np.interp(np.asarray(t, dtype=np.float64), np.arange(self.num_train_timesteps),
+        t = checks.reals("t", t, low=0, high=self.num_train_timesteps - 1, keep_shape=True)
+        return np.exp(np.interp(t, np.arange(self.num_train_timesteps),
                                 np.log(self.sigmas)))
 
     def sigma_to_t(self, sigma) -> np.ndarray:
         """Fractional timestep of a sigma, interpolating in log sigma (diffusers' / k-diffusion's sigma_to_t)."""
-        log_sigma = np.log(np.maximum(np.asarray(sigma, dtype=np.float64), 1e-10))
+        log_sigma = np.log(np.maximum(checks.reals("sigma", sigma, low=0, keep_shape=True), 1e-10))
         return np.interp(log_sigma, np.log(self.sigmas), np.arange(self.num_train_timesteps, dtype=np.float64))
 
 
@@ -399,12 +409,13 @@ def resolve_schedule(name: str) -> str:
     """Canonical schedule name for what a user typed ('Karras', 'SGM Uniform', 'normal', ...);
     'automatic' stays 'automatic'."""
     if not isinstance(name, str):
-        raise TypeError(f"A schedule is named by a string, not {name!r}.")
+        raise WrongType(f"schedule must be a name (a string) such as 'Karras' or 'automatic', not {name!r:.60}.",
+                        argument="schedule")
     key = _norm(name)
     if key in ("automatic", "auto", "default"):
         return AUTOMATIC
     if key == CUSTOM:
-        raise ValueError("schedule='custom' is what sdlab records for a scheduler whose schedule it cannot name; "
+        raise InvalidArgument("schedule='custom' is what sdlab records for a scheduler whose schedule it cannot name; "
                          "run those settings with their scheduler_config (or the scheduler itself), or choose a "
                          f"schedule: automatic, {', '.join(SCHEDULES)}.")
     if key in _LOOKUP:
@@ -413,7 +424,7 @@ def resolve_schedule(name: str) -> str:
 
     close = difflib.get_close_matches(key, list(_LOOKUP), n=1)
     hint = f" Did you mean {_LOOKUP[close[0]]!r}?" if close else ""
-    raise ValueError(f"Unknown schedule {name!r}.{hint} Valid schedules: automatic, {', '.join(SCHEDULES)}.")
+    raise InvalidArgument(f"Unknown schedule {name!r}.{hint} Valid schedules: automatic, {', '.join(SCHEDULES)}.")
 
 
 def schedules() -> list[ScheduleType]:
@@ -431,26 +442,39 @@ def sigmas(schedule: str, n: int, sigma_min: float | None = None, sigma_max: flo
     """
     name = resolve_schedule(schedule)
     if name == AUTOMATIC:
-        raise ValueError("'automatic' depends on the sampler; pass a concrete schedule type, or use "
+        raise InvalidArgument("'automatic' depends on the sampler; pass a concrete schedule type, or use "
                          "sdlab.plan(scheduler, n) to see what a configured sampler does.")
     st = SCHEDULES[name]
     unknown = set(params) - set(st.params)
     if unknown:
         allowed = ", ".join(st.params) or "none"
-        raise ValueError(f"Schedule {name!r} takes no parameter(s) {sorted(unknown)}; its parameters: {allowed}.")
+        raise InvalidArgument(f"Schedule {name!r} takes no parameter(s) {sorted(unknown)}; its parameters: {allowed}.")
+    n = _check_n(n)
+    params = {k: checks.number(k, v) for k, v in params.items()}
+    if model is not None and not isinstance(model, TrainingSchedule):
+        raise WrongType(f"model must be a TrainingSchedule (sdlab.TrainingSchedule.of(lab)) or None for Stable "
+                        f"Diffusion's, not {type(model).__name__}.", argument="model")
     model = model or TrainingSchedule.stable_diffusion()
+    shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "its defaults"
     try:
         with np.errstate(over="raise", invalid="raise", divide="raise"):
             if st.needs == "range":
-                lo = model.sigma_min if sigma_min is None else float(sigma_min)
-                hi = model.sigma_max if sigma_max is None else float(sigma_max)
-                return st.function(n, lo, hi, **params)
-            if st.needs == "model":
-                return st.function(n, model, **params)
-            if st.needs == "family":
-                return st.function(n, family)
-            return st.function(n, **params)
+                lo = model.sigma_min if sigma_min is None else checks.number("sigma_min", sigma_min)
+                hi = model.sigma_max if sigma_max is None else checks.number("sigma_max", sigma_max)
+                out = st.function(n, lo, hi, **params)
+            elif st.needs == "model":
+                out = st.function(n, model, **params)
+            elif st.needs == "family":
+                out = st.function(n, checks.choice("family", family, ("sd1", "sd2", "sdxl", "toy")))
+            else:
+                out = st.function(n, **params)
     except (OverflowError, FloatingPointError, ZeroDivisionError) as exc:
-        shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "its defaults"
-        raise ValueError(f"The {name} schedule cannot be computed with {shown} at {n} steps ({exc}): its levels "
-                         f"overflow. Its parameters' defaults: {dict(st.params) or 'none'}.") from None
+        raise InvalidArgument(f"The {name} schedule cannot be computed with {shown} at {n} steps ({exc}): its levels "
+                              f"overflow. Its parameters' defaults: {dict(st.params) or 'none'}.",
+                              argument=next(iter(params), "n")) from None
+    out = np.asarray(out, dtype=np.float64)
+    if not np.isfinite(out).all() or (out < 0).any():  # e.g. beta's alpha <= 0: not a distribution
+        raise InvalidArgument(f"The {name} schedule with {shown} gives noise levels that are not finite and >= 0 "
+                              f"({out[:4]}...). Its parameters' defaults: {dict(st.params) or 'none'}.",
+                              argument=next(iter(params), "n"))
+    return out

@@ -9,12 +9,14 @@ from __future__ import annotations
 import copy
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from . import checks
 from . import noise_schedules as S
+from .errors import InvalidArgument, WrongType
 from .recipes import Recipe, recipe_of
 from .sampler_catalog import diffusers_class, is_variance_exploding
 
@@ -24,6 +26,10 @@ def config_changes(scheduler, reference=None) -> dict[str, tuple[Any, Any]]:
     own, ``lab.default_scheduler``): {key: (reference value, value in use)}. Keys the reference lacks are
     compared with the scheduler class's defaults; a scheduler that runs its recipe's levels says so
     under "noise levels"."""
+    checks.scheduler("scheduler", scheduler)
+    if reference is not None and not isinstance(getattr(reference, "config", reference), Mapping):
+        raise WrongType(f"reference must be a scheduler, a scheduler config (dict) or None, not "
+                        f"{type(reference).__name__}.", argument="reference")
     ref = dict(getattr(reference, "config", reference) or {})
     ref_cls = type(reference).__name__ if hasattr(reference, "config") else ref.get("_class_name")
     out: dict[str, tuple[Any, Any]] = {}
@@ -82,10 +88,15 @@ class Plan:
 def plan(scheduler, steps: int) -> Plan:
     """Run ``set_timesteps`` on a copy of the scheduler and report its sigmas, timesteps and NFE, and
     where they differ from A1111's levels for the same sampler and schedule."""
-    steps = S._check_n(steps)
+    checks.scheduler("scheduler", scheduler)
+    steps = checks.whole("steps", steps, low=1, high=checks.MAX_STEPS)
     recipe = recipe_of(scheduler)
     s = copy.deepcopy(scheduler)
-    s.set_timesteps(steps, device="cpu")
+    try:
+        s.set_timesteps(steps, device="cpu")
+    except (ValueError, IndexError, ZeroDivisionError) as exc:  # diffusers' own limits (DDIM: steps <= T, ...)
+        raise InvalidArgument(f"steps={steps}: {type(scheduler).__name__} cannot set {steps} steps ({exc}).",
+                              argument="steps") from None
     timesteps = s.timesteps.detach().cpu().double().numpy()
     raw = getattr(s, "sigmas", None)
     if raw is not None:

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from . import checks
+from .errors import InvalidArgument, MissingDependency, SdlabError, WrongType
 from . import noise_schedules as S
 from .analysis import Sweep, band_labels, last_record_per_step, run_stats, schedule_table, steps_per_band
 from .previews import approx_rgb, vae_rgb
@@ -45,13 +47,57 @@ class Drawn:
 
 def show(figure: Figure) -> Drawn:
     """Wrap a figure you drew yourself so that a notebook displays it (no pyplot needed)."""
-    return Drawn(figure, list(figure.axes))
+    return Drawn(_figure(figure), list(figure.axes))
 
 
 def png_bytes(figure: Figure, dpi: int = 96) -> bytes:
+    _figure(figure)
+    dpi = checks.whole("dpi", dpi, low=10, high=1200)
     buf = io.BytesIO()
     figure.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
+
+
+# -- what the plots take, checked where they take it ----------------------------------------------------------
+def _figure(figure) -> Figure:
+    if isinstance(figure, Figure):
+        return figure
+    raise WrongType(f"figure must be a matplotlib Figure, not {type(figure).__name__}.", argument="figure")
+
+
+def _ax(ax, name: str = "ax"):
+    if ax is None or (hasattr(ax, "figure") and callable(getattr(ax, "plot", None))):
+        return ax
+    raise WrongType(f"{name} must be a matplotlib Axes to draw into (or None for a new figure), not "
+                    f"{type(ax).__name__} {ax!r:.40}.", argument=name)
+
+
+def _run(run, name: str = "run") -> Run:
+    if isinstance(run, Run):
+        return run
+    raise WrongType(f"{name} must be a Run (what lab.generate returns), not {type(run).__name__} {run!r:.40}.",
+                    argument=name)
+
+
+def _vae(vae):
+    if vae is None or callable(getattr(vae, "decode", None)):
+        return vae
+    raise WrongType(f"vae must be a VAE to decode with (such as lab.pipe.vae), or None for the fast approximate "
+                    f"preview, not {type(vae).__name__}.", argument="vae")
+
+
+def _cell(cell) -> float:
+    return checks.number("cell", cell, low=0.2, high=20, hint=" It is each picture's size in inches.")
+
+
+def _schedule_names(names) -> list[str]:
+    names = checks.names("names", names, example="['karras', 'uniform']")
+    for name in names:
+        try:
+            S.resolve_schedule(name)
+        except SdlabError as exc:
+            raise InvalidArgument(f"names: {exc}", argument="names") from None
+    return names
 
 
 def _axes(ax, figsize=(7, 4.2)):
@@ -63,7 +109,11 @@ def _axes(ax, figsize=(7, 4.2)):
 
 def _training(model) -> tuple[S.TrainingSchedule, str]:
     """The training schedule (``TrainingSchedule.of``) and the family (a lab's, else SD 1.x's) to plot with."""
-    return S.TrainingSchedule.of(model), getattr(model, "family", "sd1")
+    try:
+        training = S.TrainingSchedule.of(model)
+    except SdlabError as exc:
+        raise WrongType(f"model: {exc}", argument="model") from None
+    return training, getattr(model, "family", "sd1")
 
 
 def _y(values: np.ndarray, y: str, training: S.TrainingSchedule) -> np.ndarray:
@@ -79,7 +129,7 @@ def _y(values: np.ndarray, y: str, training: S.TrainingSchedule) -> np.ndarray:
         return S.snr(v)
     if y == "log_snr":
         return S.log_snr(v)
-    raise ValueError(f"y must be one of {', '.join(Y_AXES)}, not {y!r}.")
+    raise InvalidArgument(f"y must be one of {', '.join(Y_AXES)}, not {y!r}.")
 
 
 _Y_LABEL = {"sigma": "sigma", "log_sigma": "log sigma", "timestep": "timestep t", "snr": "SNR = 1/sigma^2",
@@ -90,6 +140,12 @@ def plot_schedules(names: Sequence[str] = DEFAULT_SCHEDULES, n: int = 20, model=
                    x: str = "step", include_final: bool | None = None, ax=None, **params) -> Drawn:
     """Several schedule types over one model's sigma range. y: sigma, log_sigma, timestep, snr or log_snr;
     x: "step" (0..n) or "time" (normalised 0..1). The final 0 is left out where y cannot show it."""
+    names, ax = _schedule_names(names), _ax(ax)
+    n = checks.whole("n", n, low=1, high=checks.MAX_STEPS)
+    checks.choice("y", y, Y_AXES)
+    checks.choice("x", x, ("step", "time"))
+    if include_final is not None:
+        checks.flag("include_final", include_final)
     training, family = _training(model)
     table = schedule_table(names, n, training, family, **params)
     fig, ax = _axes(ax)
@@ -113,7 +169,17 @@ def plot_schedules(names: Sequence[str] = DEFAULT_SCHEDULES, n: int = 20, model=
 def plot_plan(scheduler, n: int, *, formula: bool = True, model=None, y: str = "sigma", ax=None,
               label: str | None = None) -> Drawn:
     """What a configured scheduler really does (from the scheduler itself), beside its schedule's formula."""
-    p = scheduler_plan(scheduler, n)
+    ax = _ax(ax)
+    checks.flag("formula", formula)
+    checks.choice("y", y, Y_AXES)
+    if label is not None:
+        checks.text("label", label)
+    try:
+        p = scheduler_plan(scheduler, n)
+    except SdlabError as exc:
+        if exc.argument == "steps":
+            raise InvalidArgument(str(exc).replace("steps", "n", 1), argument="n") from None
+        raise
     recipe = p.recipe
     training, _ = _training(model if model is not None else scheduler)
     fig, ax = _axes(ax)
@@ -136,6 +202,8 @@ def plot_plan(scheduler, n: int, *, formula: bool = True, model=None, y: str = "
 
 def plot_step_allocation(names: Sequence[str] = DEFAULT_SCHEDULES, n: int = 20, model=None, ax=None) -> Drawn:
     """How many of n steps each schedule spends at high noise (composition) and at low noise (detail)."""
+    names, ax = _schedule_names(names), _ax(ax)
+    n = checks.whole("n", n, low=1, high=checks.MAX_STEPS)
     training, family = _training(model)
     table = schedule_table(names, n, training, family)
     bands = band_labels()
@@ -153,11 +221,16 @@ def plot_step_allocation(names: Sequence[str] = DEFAULT_SCHEDULES, n: int = 20, 
 
 def plot_run(run: Run, axes=None) -> Drawn:
     """Sigma per step, how much the x0 estimate still changes, and latent statistics per step."""
-    stats = run_stats(run)
+    stats = run_stats(_run(run))
     if axes is None:
         fig = Figure(figsize=(12, 3.6), layout="constrained")
         axes = fig.subplots(1, 3)
     else:
+        if isinstance(axes, (str, bytes)) or not hasattr(axes, "__len__") or len(axes) != 3:
+            raise WrongType(f"axes must be three matplotlib Axes (or None for a new figure), not {axes!r:.40}.",
+                            argument="axes")
+        for a in axes:
+            _ax(a, "axes")
         fig = axes[0].figure
     idx = np.arange(1, len(stats.sigma) + 1)
     a = {}
@@ -183,6 +256,8 @@ def _decode(record, target: str, family: str, vae=None) -> np.ndarray:
 
 def pick_steps(n: int, count: int = 6) -> list[int]:
     """count user steps spread over 1..n, always including the last."""
+    n = checks.whole("n", n, low=1, high=checks.MAX_STEPS)
+    count = checks.whole("count", count, low=1, high=checks.MAX_STEPS)
     return sorted({int(round(v)) for v in np.linspace(1, n, min(count, n))})
 
 
@@ -192,15 +267,29 @@ def step_grid(runs: Sequence[Run] | Sweep, steps: Sequence[int] | int = 6, *, ta
     step numbers in the header (the figure of the Habr article 'Experiments with Schedulers')."""
     if isinstance(runs, Sweep):
         runs = [r for row in runs.runs for r in row if r is not None]
-    runs = list(runs)
+    elif isinstance(runs, Run):
+        runs = [runs]
+    if isinstance(runs, (str, bytes)) or not hasattr(runs, "__iter__"):
+        raise WrongType(f"runs must be a list of Runs or a Sweep, not {type(runs).__name__}.", argument="runs")
+    runs = [_run(r, "runs") for r in runs]
     if not runs:
-        raise ValueError("step_grid needs at least one run.")
+        raise InvalidArgument("runs is empty: step_grid needs at least one run.", argument="runs")
+    checks.choice("target", target, ("x0", "xt"))
+    vae, cell = _vae(vae), _cell(cell)
     n = max(r.settings.steps for r in runs)
-    cols = pick_steps(n, steps) if isinstance(steps, int) else list(steps)
+    if isinstance(checks._scalar(steps), (int, float)) and not checks.is_flag(steps):
+        cols = pick_steps(n, checks.whole("steps", steps, low=1, high=checks.MAX_STEPS))
+    else:
+        cols = checks.wholes("steps", steps, low=1, high=n, hint=f" The runs have {n} steps.")
+    if labels is not None:
+        labels = checks.names("labels", labels, example="['Euler', 'DPM++ 2M']")
+        if len(labels) != len(runs):
+            raise InvalidArgument(f"labels has {len(labels)} names for {len(runs)} runs: give one per run.",
+                                  argument="labels")
     fig = Figure(figsize=(cell * len(cols) + 1.8, cell * len(runs) + 0.5), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(runs), len(cols), squeeze=False))
     images = [[None] * len(cols) for _ in runs]
-    labels = list(labels) if labels is not None else [
+    labels = labels if labels is not None else [
         f"{r.scheduler_report.get('sampler')}\n{r.scheduler_report.get('schedule')}, NFE {r.nfe}" for r in runs]
     for i, run in enumerate(runs):
         per_step = last_record_per_step(run)
@@ -220,6 +309,11 @@ def step_grid(runs: Sequence[Run] | Sweep, steps: Sequence[int] | int = 6, *, ta
 
 def xy_plot(result: Sweep, *, cell: float = 2.0, vae=None, target: str = "image") -> Drawn:
     """A1111's X/Y plot: final images of a sweep; each cell says the sampler, schedule and NFE it used."""
+    if not isinstance(result, Sweep):
+        raise WrongType(f"result must be a Sweep (what sdlab.sweep returns), not {type(result).__name__}.",
+                        argument="result")
+    checks.choice("target", target, ("image", "x0", "xt"))
+    vae, cell = _vae(vae), _cell(cell)
     rows, cols = result.shape
     fig = Figure(figsize=(cell * cols + 1.5, cell * rows + 0.8), layout="constrained")
     axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
@@ -248,7 +342,12 @@ def xy_plot(result: Sweep, *, cell: float = 2.0, vae=None, target: str = "image"
 def plot_accuracy(result, ax=None) -> Drawn:
     """A sampler study (``sdlab.sampler_accuracy``): error against NFE, log-log, one line per sampler and
     schedule, its fitted slope (``result.slope``) in the legend, the reference's own error in the title."""
-    fig, ax = _axes(ax, figsize=(7.5, 5))
+    from .accuracy import Accuracy
+
+    if not isinstance(result, Accuracy):
+        raise WrongType(f"result must be what sdlab.sampler_accuracy returns, not {type(result).__name__}.",
+                        argument="result")
+    fig, ax = _axes(_ax(ax), figsize=(7.5, 5))
     lines = {}
     groups = result.lines()
     colours = {s: f"C{i % 10}" for i, s in enumerate(dict.fromkeys(s for s, _ in groups))}
@@ -274,7 +373,8 @@ def cfg_sweep(lab, scales: Sequence[float] = (1.0, 3.0, 7.0, 12.0, 20.0), *, y: 
     sweep itself is in ``drawn.artists["sweep"]``."""
     from .analysis import sweep
 
-    result = sweep(lab, x="cfg", x_values=list(scales), y=y, y_values=y_values, **settings)
+    scales = checks.reals("scales", scales, low=0, max_size=100).tolist()
+    result = sweep(lab, x="cfg", x_values=scales, y=y, y_values=y_values, **settings)
     drawn = xy_plot(result)
     drawn.artists["sweep"] = result
     return drawn
@@ -285,27 +385,30 @@ def animate_run(run: Run, path, *, target: str = "x0", fps: int = 6, size: int =
     'sdlab[video]')."""
     from PIL import Image
 
-    path = Path(path)
+    run, vae = _run(run), _vae(vae)
+    checks.choice("target", target, ("x0", "xt"))
+    fps = checks.number("fps", fps, low=0.1, high=100, hint=" It is in frames a second.")
+    size = checks.whole("size", size, low=8, high=4096, hint=" It is the frame's longer side in pixels.")
+    path = checks.output_file("path", path, suffix=(".gif", ".mp4"))
     frames = []
     for rec in last_record_per_step(run).values():
         img = Image.fromarray(_decode(rec, target, run.family, vae))
         scale = max(1, size // max(img.size))
         frames.append(img.resize((img.width * scale, img.height * scale), Image.NEAREST))
     if not frames:
-        raise ValueError("The run has no recorded steps to animate.")
+        raise InvalidArgument("run has no recorded steps to animate (it ran with record=False).", argument="run")
     suffix = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".gif":
-        frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+        checks.write_atomically(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True,
+                                                                 append_images=frames[1:],
+                                                                 duration=max(1, int(1000 / fps)), loop=0))
     elif suffix == ".mp4":
         try:
             import imageio.v2 as imageio
             import imageio_ffmpeg  # noqa: F401  (ships its own ffmpeg binary)
         except ImportError as exc:
-            raise ImportError("Writing MP4 needs imageio with ffmpeg: pip install 'sdlab[video]' "
+            raise MissingDependency("Writing MP4 needs imageio with ffmpeg: pip install 'sdlab[video]' "
                               "(imageio, imageio-ffmpeg); or save as .gif.") from exc
         even = [np.asarray(f.resize((max(16, f.width // 16 * 16), max(16, f.height // 16 * 16)))) for f in frames]
         imageio.mimwrite(path, even, fps=fps, codec="libx264", quality=8, macro_block_size=16)
-    else:
-        raise ValueError(f"Animate to .gif or .mp4, not {suffix or 'no suffix'!r}.")
     return path

@@ -50,6 +50,8 @@ from diffusers.configuration_utils import FrozenDict
 # model_index.json; diffusers' loader then looks for its loading method by the base classes this module has
 # as attributes (pipeline_loading_utils.get_class_obj_and_candidates): SchedulerMixin above is that.
 
+from . import checks
+from .errors import InvalidArgument, WrongType
 from . import conventions as C
 from . import noise_schedules as S
 from .sampler_catalog import (CATALOG, FLAGS, Sampler, check_params, diffusers_class, diffusers_scheduler_class,
@@ -82,7 +84,11 @@ class Recipe:
                 params: Mapping[str, Any] | None = None) -> "Recipe":
         """The recipe of a sampler and schedule as a user wrote them ("DPM++ 2M", "Karras"), checked."""
         spec, concrete = resolve(sampler, schedule)
-        params = dict(params or {})
+        checks.choice("family", family, FAMILIES)
+        if params is not None and not isinstance(params, Mapping):
+            raise WrongType(f"params must be a dict of schedule parameters such as {{'rho': 7.0}}, not "
+                            f"{type(params).__name__}.", argument="params")
+        params = {k: checks.number(f"params[{k!r}]", v) for k, v in (params or {}).items()}
         check_params(spec, concrete, params)
         return cls.of(spec, concrete, family=family, params=params)
 
@@ -137,15 +143,19 @@ class Recipe:
         """The noise levels A1111 runs for this sampler and schedule at n steps (``schedule_levels``);
         sdlab's own scheduler classes run exactly these."""
         entry = self.entry
+        n = checks.whole("n", n, low=1, high=checks.MAX_STEPS, hint=" It is the number of steps.")
+        if training is not None and not isinstance(training, S.TrainingSchedule):
+            raise WrongType(f"training must be a TrainingSchedule (sdlab.TrainingSchedule.of(lab)) or None for "
+                            f"Stable Diffusion's, not {type(training).__name__}.", argument="training")
         if not self.has_formula:
-            raise ValueError(f"{self.label} has no formula ({self.reason or 'a custom scheduler'}); "
+            raise InvalidArgument(f"{self.label} has no formula ({self.reason or 'a custom scheduler'}); "
                              "sdlab.plan(scheduler, n) reads the levels off the scheduler itself.")
         levels = schedule_levels(self.schedule, n, training or S.TrainingSchedule.stable_diffusion(), self.family,
                                  self.schedule_params, entry.discard_penultimate, entry.ends_at_sigma_min)
         body = levels[:-1] if levels[-1] == 0 else levels
         # the scheduler holds them in float32 and divides by their differences: each must be below the last there
         if not np.all(np.isfinite(levels)) or np.any(np.diff(body.astype(np.float32)) >= 0) or np.any(body <= 0):
-            raise ValueError(f"{self.label} at {n} steps gives noise levels that do not fall at every step "
+            raise InvalidArgument(f"{self.label} at {n} steps gives noise levels that do not fall at every step "
                              f"({np.round(body[:6], 4).tolist()}...): a scheduler would repeat a level (a raw "
                              "IndexError or NaN). Choose other schedule parameters or fewer steps.")
         return levels
@@ -161,17 +171,23 @@ class Recipe:
         """A recipe from a config's ``_sdlab_recipe``, checked as untrusted input: a known entry, a schedule
         it supports, finite parameters. Raises ValueError naming what is wrong."""
         if not isinstance(data, Mapping):
-            raise ValueError(f"{CONFIG_KEY} must be a mapping, not {type(data).__name__}.")
+            raise InvalidArgument(f"data ({CONFIG_KEY}) must be a mapping, not {type(data).__name__}.", argument="data")
         sampler, schedule = data.get("sampler"), data.get("schedule")
         params, family = data.get("params") or {}, data.get("family", "sd1")
         if not isinstance(sampler, str) or sampler not in CATALOG:
-            raise ValueError(f"{CONFIG_KEY} names the sampler {sampler!r}, which is not in sdlab's catalog.")
+            raise InvalidArgument(f"data ({CONFIG_KEY}) names the sampler {sampler!r}, which is not in sdlab's catalog.",
+                                  argument="data")
         if not isinstance(schedule, str) or schedule not in CATALOG[sampler].supported_schedules() \
                 or (schedule == S.AUTOMATIC and CATALOG[sampler].default_schedule != S.AUTOMATIC):
-            raise ValueError(f"{CONFIG_KEY} names the schedule {schedule!r}, which {sampler} cannot follow.")
+            raise InvalidArgument(f"data ({CONFIG_KEY}) names the schedule {schedule!r}, which {sampler} cannot follow.",
+                                  argument="data")
         if not isinstance(params, Mapping) or family not in FAMILIES:
-            raise ValueError(f"{CONFIG_KEY} has bad params {params!r} or family {family!r}.")
-        check_params(CATALOG[sampler], schedule, dict(params))
+            raise InvalidArgument(f"data ({CONFIG_KEY}) has bad params {params!r:.80} or family {family!r:.40}.",
+                                  argument="data")
+        try:
+            check_params(CATALOG[sampler], schedule, dict(params))
+        except ValueError as exc:
+            raise InvalidArgument(f"data ({CONFIG_KEY}): {exc}", argument="data") from None
         return cls.of(CATALOG[sampler], schedule, family=family, params=params)
 
 
@@ -356,7 +372,7 @@ def check_scheduler_config(config: Any) -> Mapping:
     is built from it: its class is a scheduler (``scheduler_class``), its sizes and numbers are in range, its
     recipe (if any) is one. Raises ValueError naming the key."""
     if not isinstance(config, Mapping):
-        raise ValueError(f"scheduler_config must be a dict (a diffusers scheduler config), not {type(config).__name__}.")
+        raise InvalidArgument(f"scheduler_config must be a dict (a diffusers scheduler config), not {type(config).__name__}.")
     scheduler_class(config.get("_class_name"))
     for key, (lo, hi, whole) in _CONFIG_RANGES.items():
         v = config.get(key)
@@ -365,15 +381,15 @@ def check_scheduler_config(config: Any) -> Mapping:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi \
                 or (whole and int(v) != v):
             kind = "a whole number" if whole else "a number"
-            raise ValueError(f"scheduler_config[{key!r}] is {v!r}; it must be {kind} from {lo:g} to {hi:g}.")
+            raise InvalidArgument(f"scheduler_config[{key!r}] is {v!r}; it must be {kind} from {lo:g} to {hi:g}.")
     for key, choices in _CONFIG_CHOICES.items():
         if key in config and config[key] not in choices:
-            raise ValueError(f"scheduler_config[{key!r}] is {config[key]!r}; it must be one of {', '.join(choices)}.")
+            raise InvalidArgument(f"scheduler_config[{key!r}] is {config[key]!r}; it must be one of {', '.join(choices)}.")
     betas = config.get("trained_betas")
     if betas is not None:
         if not isinstance(betas, (list, tuple)) or not 1 <= len(betas) <= _CONFIG_RANGES["num_train_timesteps"][1] \
                 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1 for b in betas):
-            raise ValueError("scheduler_config['trained_betas'] must be a list of 1 to 10000 numbers between 0 and 1.")
+            raise InvalidArgument("scheduler_config['trained_betas'] must be a list of 1 to 10000 numbers between 0 and 1.")
     if CONFIG_KEY in config:
         Recipe.from_config(config[CONFIG_KEY])
     return config
@@ -389,7 +405,7 @@ def scheduler_class(name: str) -> type:
     if cls is None and isinstance(name, str) and not name.startswith("_"):
         cls = getattr(diffusers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
-        raise ValueError(f"{name!r} is not a diffusers scheduler class (nor one of sdlab's: "
+        raise InvalidArgument(f"{name!r} is not a diffusers scheduler class (nor one of sdlab's: "
                          f"{', '.join(SCHEDULER_CLASSES)}).")
     return cls
 
@@ -438,7 +454,7 @@ def build(recipe: Recipe, base: Mapping, *, seed: int | None = None, **options: 
     seeds it with the image seed; ``options`` are diffusers options of the class (solver_order=3, ...)."""
     spec = recipe.entry
     if spec is None:
-        raise ValueError(f"{recipe.label} is custom: it has no catalog entry to build from.")
+        raise InvalidArgument(f"{recipe.label} is custom: it has no catalog entry to build from.")
     check_params(spec, recipe.schedule, options)
     diffusers_cls = diffusers_scheduler_class(spec.scheduler_class)
     init = _init_params(diffusers_cls)
@@ -478,6 +494,10 @@ def make_scheduler(config_or_scheduler, sampler: str, schedule: str = S.AUTOMATI
     """
     spec, concrete = resolve(sampler, schedule)
     check_params(spec, concrete, params)
+    if family is not None:
+        checks.choice("family", family, FAMILIES)
+    if seed is not None:
+        seed = checks.whole("seed", seed, low=0, high=2 ** 63 - 1)
     base, lab_family = _base_config(config_or_scheduler)
     st = S.SCHEDULES.get(concrete)
     schedule_params = {k: params.pop(k) for k in list(params) if st is not None and k in st.params}
@@ -494,8 +514,8 @@ def _base_config(config_or_scheduler) -> tuple[dict, str | None]:
         config_or_scheduler = config_or_scheduler.default_scheduler
     config = getattr(config_or_scheduler, "config", config_or_scheduler)
     if not isinstance(config, Mapping):
-        raise TypeError("make_scheduler takes a scheduler config (dict), a diffusers scheduler or an sdlab Lab, "
-                        f"not {type(config_or_scheduler).__name__}.")
+        raise WrongType("config_or_scheduler must be a scheduler config (dict), a diffusers scheduler or an sdlab Lab, "
+                        f"not {type(config_or_scheduler).__name__}.", argument="config_or_scheduler")
     return dict(config), family
 
 
@@ -507,8 +527,9 @@ def recipe_of(scheduler) -> Recipe:
     """The recipe a scheduler runs: the one in its config where its class and options still say it, else
     the catalog entry and schedule its diffusers class and options compute (``via="diffusers"``), else
     ``via="custom"`` with the reason."""
-    if not hasattr(scheduler, "config") or not isinstance(scheduler.config, Mapping):
-        raise TypeError(f"recipe_of takes a diffusers scheduler, not {type(scheduler).__name__}.")
+    checks.scheduler("scheduler", scheduler)
+    if not isinstance(scheduler.config, Mapping):
+        raise WrongType(f"scheduler must be a diffusers scheduler, not {type(scheduler).__name__}.", argument="scheduler")
     config = scheduler.config
     base = diffusers_class(scheduler)
     stored = config.get(CONFIG_KEY)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from .errors import InvalidArgument
 
 Target = str  # "x0" (predicted clean latents) or "xt" (the sample, variance-preserving)
 
@@ -22,7 +23,7 @@ def record_tensor(target: Target, x0: torch.Tensor | None, latents: torch.Tensor
         return x0
     if target == "xt":
         return None if latents is None else latents * xt_scale
-    raise ValueError(f"Unknown target {target!r}; choose 'x0' (predicted clean image) or 'xt'.")
+    raise InvalidArgument(f"Unknown target {target!r}; choose 'x0' (predicted clean image) or 'xt'.")
 
 
 @dataclass
@@ -51,7 +52,7 @@ class StepRecord:
         """x0 or x_t of this call as float32 (``record_tensor``); raises if the run kept no tensors."""
         t = record_tensor(target, self.x0, self.latents, self.xt_scale)
         if t is None:
-            raise ValueError("This run kept no tensors (record=False); generate with record=True to look inside it.")
+            raise InvalidArgument("This run kept no tensors (record=False); generate with record=True to look inside it.")
         return t.float()
 
 

@@ -28,6 +28,7 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
+from .errors import InvalidArgument, WrongType
 from . import noise_schedules as S
 
 # DPMSolverSDEScheduler builds its Brownian tree on [sigma_min, sigma_max] as Python floats and then queries
@@ -262,7 +263,8 @@ def parse_sampler(name: str) -> tuple[Sampler, str | None]:
     if isinstance(name, Sampler):
         return name, None
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"A sampler is named by a string such as 'DPM++ 2M' or 'euler_ancestral', not {name!r}.")
+        raise WrongType(f"sampler must be a name (a string) such as 'DPM++ 2M' or 'euler_ancestral', not {name!r:.60}.",
+                        argument="sampler")
     key = _norm(name)
     if key in _LOOKUP:
         return CATALOG[_LOOKUP[key]], None
@@ -278,10 +280,11 @@ def parse_sampler(name: str) -> tuple[Sampler, str | None]:
                 break
     if key in _UNSUPPORTED:
         u = _UNSUPPORTED[key]
-        raise ValueError(f"{name!r} cannot run in sdlab: {u.reason}. Nearest: {u.nearest}.")
+        raise InvalidArgument(f"The sampler {name!r} cannot run in sdlab: {u.reason}. Nearest: {u.nearest}.",
+                              argument="sampler")
     close = difflib.get_close_matches(key, list(_LOOKUP), n=1, cutoff=0.5)
     hint = f" Closest match: {_LOOKUP[close[0]]!r}." if close else ""
-    raise ValueError(f"Unknown sampler {name!r}.{hint} Valid samplers: {', '.join(CATALOG)} "
+    raise InvalidArgument(f"Unknown sampler {name!r}.{hint} Valid samplers: {', '.join(CATALOG)} "
                      "(ComfyUI names like 'dpmpp_2m' and diffusers class names work too).")
 
 
@@ -292,7 +295,7 @@ def resolve(sampler: str, schedule: str = S.AUTOMATIC) -> tuple[Sampler, str]:
     spec, legacy = parse_sampler(sampler)
     requested = S.resolve_schedule(schedule)
     if legacy is not None and requested not in (S.AUTOMATIC, legacy):
-        raise ValueError(f"Sampler {sampler!r} already names the {legacy!r} schedule, but schedule={schedule!r} "
+        raise InvalidArgument(f"Sampler {sampler!r} already names the {legacy!r} schedule, but schedule={schedule!r} "
                          f"was also given. Use sampler={spec.name!r} with the schedule you want.")
     name = legacy or requested
     concrete = spec.default_schedule if name == S.AUTOMATIC else name
@@ -300,7 +303,7 @@ def resolve(sampler: str, schedule: str = S.AUTOMATIC) -> tuple[Sampler, str]:
     if concrete not in supported:
         why = REFUSED_SCHEDULES.get((spec.scheduler_class, concrete))
         reason = f": {why}" if why else ""
-        raise ValueError(f"{spec.name} ({spec.scheduler_class}) cannot follow the {concrete!r} schedule{reason}. "
+        raise InvalidArgument(f"{spec.name} ({spec.scheduler_class}) cannot follow the {concrete!r} schedule{reason}. "
                          f"Schedules it supports: {', '.join(supported)}.")
     return spec, concrete
 
@@ -349,13 +352,13 @@ def check_params(spec: Sampler, concrete: str, params: Mapping[str, Any]) -> Non
     init = set(inspect.signature(diffusers_scheduler_class(spec.scheduler_class).__init__).parameters) - {"self", "kwargs"}
     unknown = sorted(k for k in params if k not in own and k not in init)
     if unknown:
-        raise ValueError(f"{unknown} are neither parameters of the {concrete!r} schedule (it takes "
+        raise InvalidArgument(f"{unknown} are neither parameters of the {concrete!r} schedule (it takes "
                          f"{', '.join(own) or 'none'}) nor options of {spec.scheduler_class} (it takes "
                          f"{', '.join(sorted(init))}).")
     for key in own:
         value = params.get(key, own[key])
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
                 or not np.isfinite(value) or value <= 0:
-            raise ValueError(f"The {concrete!r} schedule's {key} must be a finite number > 0 (default {own[key]}), "
+            raise InvalidArgument(f"The {concrete!r} schedule's {key} must be a finite number > 0 (default {own[key]}), "
                              f"not {value!r}.")
 

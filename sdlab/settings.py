@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable
 
 import torch
+from .errors import InvalidArgument, WrongType
 
 # diffusers' and A1111's names for the same settings
 ALIASES = {"guidance_scale": "cfg", "cfg_scale": "cfg", "num_inference_steps": "steps",
@@ -47,13 +48,16 @@ class Settings:
 
     def updated(self, **kwargs) -> "Settings":
         """A copy with some fields changed; diffusers' / A1111's names are accepted as aliases."""
-        clean = {}
+        clean, given = {}, {}
         for key, value in kwargs.items():
-            key = ALIASES.get(key, key)
-            if key not in SETTING_NAMES:
-                raise TypeError(f"Unknown setting {key!r}. Settings: {', '.join(sorted(SETTING_NAMES))} "
-                                f"(aliases: {', '.join(sorted(ALIASES))}).")
-            clean[key] = value
+            name = ALIASES.get(key, key)
+            if name not in SETTING_NAMES:
+                raise WrongType(f"Unknown setting {key!r}. Settings: {', '.join(sorted(SETTING_NAMES))} "
+                                f"(aliases: {', '.join(sorted(ALIASES))}).", argument=key)
+            if name in clean:  # cfg=7 with guidance_scale=5: which one was meant cannot be guessed
+                raise InvalidArgument(f"{given[name]}={clean[name]!r} and {key}={value!r} are the same setting "
+                                      f"({name}); pass one of them.", argument=key)
+            clean[name], given[name] = value, key
         return replace(self, **clean)
 
     def to_dict(self) -> dict:

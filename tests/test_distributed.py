@@ -147,7 +147,7 @@ def test_invalid_cells_are_refused_before_anything_is_submitted(lab, client):
     original = client.submit
     client.submit = lambda *a, **k: submitted.append(1) or original(*a, **k)
     try:
-        with pytest.raises(ValueError, match="Cell .*sampler='Eulr' cannot run"):
+        with pytest.raises(ValueError, match="The cell sampler='Eulr' .x_values. cannot run"):
             sdlab.sweep(lab, executor=client, x="sampler", x_values=["Euler", "Eulr"], prompt="x", steps=2,
                         width=32, height=32)
     finally:

@@ -230,19 +230,19 @@ def test_keyboard_interrupt_in_the_kernel_during_a_studio_run(lab, tmp_path):
 
 # --- every entry point: an sdlab sentence naming the argument, file or field ------------------------------
 @pytest.mark.parametrize("call, error, match", [
-    (lambda lab: sdlab.load(123), TypeError, "sdlab.load takes a model as a string or path"),
-    (lambda lab: sdlab.unload(42), TypeError, "sdlab.unload takes a model"),
-    (lambda lab: lab.set_sampler(None), ValueError, "named by a string"),
+    (lambda lab: sdlab.load(123), TypeError, "model must name a model by a string or path"),
+    (lambda lab: sdlab.unload(42), TypeError, "which must name a model"),
+    (lambda lab: lab.set_sampler(None), TypeError, "sampler must be a name"),
     (lambda lab: sdlab.make_scheduler(lab, "Euler", "karras", rho="x"), ValueError, "rho must be a finite number > 0"),
-    (lambda lab: sdlab.make_scheduler(None, "Euler"), TypeError, "make_scheduler takes"),
-    (lambda lab: lab.generate("x", eta="a"), ValueError, "eta must be a finite number"),
+    (lambda lab: sdlab.make_scheduler(None, "Euler"), TypeError, "config_or_scheduler must be a scheduler config"),
+    (lambda lab: lab.generate("x", eta="a"), TypeError, "eta must be a number >= 0, not str 'a'"),
     (lambda lab: lab.generate("x", schedule_params="rho=3"), TypeError, "schedule_params must be a dict"),
     (lambda lab: lab.generate("x", sampler="Euler", schedule="karras", schedule_params={"rho": -1}), ValueError,
      "rho must be a finite number > 0"),
     (lambda lab: lab.generate("x", schedule_params={"zzz": 1}), ValueError, r"\['zzz'\] are neither parameters of the"),
-    (lambda lab: lab.generate(123), TypeError, "prompt must be a string, not int"),
+    (lambda lab: lab.generate(123), TypeError, "prompt must be a string .or sdlab.Settings., not int"),
     (lambda lab: lab.generate("x", steps=5000), ValueError, "from 1 to 1000"),
-    (lambda lab: sdlab.read_settings(b"garbage"), ValueError, "Cannot read the 7 bytes given as an image"),
+    (lambda lab: sdlab.read_settings(b"garbage"), ValueError, "source: cannot read the 7 bytes given as an image"),
     (lambda lab: sdlab.read_settings("x\nSteps: many, Sampler: Euler, CFG scale: 7, Seed: 1"), ValueError,
      "'Steps: many' is not a whole number"),
     (lambda lab: sdlab.read_settings("x\nSteps: 20, Sampler: Euler, CFG scale: high, Seed: 1"), ValueError,
@@ -454,7 +454,7 @@ def test_sizes_and_batches_that_cannot_fit_are_refused_before_any_work(lab, toy,
     from sdlab.infotext import parse_infotext  # an infotext's Size field enters through the same check
 
     big = parse_infotext("x\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 100000x100000")
-    with pytest.raises(sdlab.GenerationError, match="100000x100000 need about"):
+    with pytest.raises(sdlab.GenerationError, match="width=100000, height=100000 need about"):
         lab.generate(big)
     with pytest.raises(ValueError, match="the largest square size that fits is about"):
         sdlab.toy.dataset(20000, 20000)
@@ -475,5 +475,5 @@ def test_a_bad_max_resident_in_the_environment_never_breaks_import(monkeypatch):
         monkeypatch.setenv("SDLAB_MAX_RESIDENT", value)
         assert models._max_resident_from_env() == want
     for bad in (0, 2.5, "x", True):
-        with pytest.raises(ValueError, match="max_resident must be a whole number >= 1"):
+        with pytest.raises(sdlab.SdlabError, match="n must be a whole number >= 1, not .*It is how many models stay"):
             sdlab.set_max_resident(bad)

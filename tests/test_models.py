@@ -155,8 +155,8 @@ def test_hub_id_not_cached_names_model_and_fix(clean_registry):
 
 
 @pytest.mark.parametrize("name, match", [
-    ("no/such/place/model", "No such file or folder"),
-    ("./missing.safetensors", "No such file or folder"),
+    ("no/such/place/model", "model: no such file or folder"),
+    ("./missing.safetensors", "model: no such file or folder"),
     ("not a model id", "neither an existing path nor a hub id"),
     ("", "must be a hub id"),
 ])

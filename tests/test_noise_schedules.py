@@ -146,7 +146,7 @@ def test_names_and_errors():
         S.resolve_schedule("karas")
     with pytest.raises(ValueError, match="takes no parameter"):
         sdlab.sigmas("exponential", 5, rho=3)
-    with pytest.raises(ValueError, match=">= 1"):
+    with pytest.raises(ValueError, match="n must be a whole number from 1"):
         sdlab.sigmas("karras", 0)
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
         sdlab.sigmas("karras", 5, 2.0, 1.0)

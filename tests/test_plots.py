@@ -75,7 +75,7 @@ def test_sweep_checks_cells_and_xy_plot_labels_them(lab):
     drawn = plots.xy_plot(sw)
     assert drawn.artists["titles"][0][1] == "DPM++ 2M / karras, NFE 4"
     assert len([im for row in drawn.artists["images"] for im in row if im is not None]) == 4
-    with pytest.raises(ValueError, match="Cell schedule='karras', sampler='DDIM' cannot run"):
+    with pytest.raises(ValueError, match="The cell sampler='DDIM', schedule='karras' .x_values, y_values. cannot run"):
         sdlab.sweep(lab, x="sampler", x_values=["DDIM"], y="schedule", y_values=["karras"], steps=2)
     partial = sdlab.sweep(lab, x="sampler", x_values=["DDIM", "Euler"], y="schedule", y_values=["karras"],
                           steps=2, skip_invalid=True)

@@ -37,8 +37,12 @@ def build_toy_pipeline(dtype=None, prediction_type: str = "epsilon"):
     """The teaching model's StableDiffusionPipeline (see :mod:`sdlab.toy.model`)."""
     import torch
 
+    from .. import checks
     from .model import build_toy_pipeline as build
 
+    if dtype is not None:
+        checks.choice("dtype", dtype, (torch.float32, torch.float64, torch.float16, torch.bfloat16))
+    checks.choice("prediction_type", prediction_type, ("epsilon", "v_prediction", "sample"))
     return build(dtype or torch.float32, prediction_type)
 
 

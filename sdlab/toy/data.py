@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from .. import checks
+from ..errors import InvalidArgument
 
 # --- what the pictures are ------------------------------------------------------------------------
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -101,7 +103,7 @@ def prompt_words(text: str) -> list[str]:
 def unknown_words(text: str) -> list[str]:
     """Words of the prompt the toy does not know (in order, without repeats)."""
     seen: dict[str, None] = {}
-    for w in prompt_words(text):
+    for w in prompt_words(checks.text("text", text)):
         if w not in WORDS and w not in STOP_WORDS:
             seen.setdefault(w)
     return list(seen)
@@ -131,7 +133,7 @@ def allowed_vector(meanings) -> np.ndarray:
 
 def allowed_for(text: str) -> np.ndarray:
     """The allowed-values vector of a prompt (what the toy's text encoder computes from its tokens)."""
-    return allowed_vector(WORDS.get(w) for w in prompt_words(text))
+    return allowed_vector(WORDS.get(w) for w in prompt_words(checks.text("text", text)))
 
 
 # --- pictures -------------------------------------------------------------------------------------
@@ -152,7 +154,7 @@ def _polygon(kind: str, cx: float, cy: float, r: float) -> np.ndarray:
         angles = -math.pi / 2 + np.arange(10) * math.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, 1.2 * r, 0.5 * r)
         return np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
-    raise ValueError(kind)
+    raise InvalidArgument(kind)
 
 
 def _signed_distance(kind: str, cx: float, cy: float, r: float, px: np.ndarray, py: np.ndarray) -> np.ndarray:
@@ -343,12 +345,19 @@ class Dataset:
         """Indices of the pictures with these attributes, e.g. find(colour="red", shape="circle")."""
         bad = set(attrs) - set(GROUPS)
         if bad:
-            raise ValueError(f"Unknown attribute(s) {sorted(bad)}; the attributes are {', '.join(GROUPS)}.")
+            raise InvalidArgument(f"Unknown attribute(s) {sorted(bad)}; the attributes are {', '.join(GROUPS)}.",
+                                  argument=sorted(bad)[0])
+        for k, v in attrs.items():
+            checks.choice(k, v, GROUPS[k])
         return [i for i, a in enumerate(self.attributes) if all(a[k] == v for k, v in attrs.items())]
 
     def nearest(self, latents: torch.Tensor) -> tuple[int, float]:
         """(index, RMS distance) of the picture whose latents are nearest to ``latents`` (4 x h x w)."""
-        z = torch.as_tensor(latents).double().reshape(1, -1)
+        z = checks.latents("latents", latents, channels=self.latents.shape[1], size=tuple(self.latents.shape[2:]))
+        if z.shape[0] != 1:
+            raise InvalidArgument(f"latents must be one picture's (1, C, h, w) or (C, h, w), not a batch of {z.shape[0]}.",
+                                  argument="latents")
+        z = z.double().reshape(1, -1)
         d = torch.cdist(z, self.latents.double().reshape(len(self), -1))[0]
         i = int(d.argmin())
         return i, float(d[i]) / math.sqrt(z.shape[1])
@@ -364,14 +373,17 @@ def memory_bytes(height: int, width: int) -> int:
 def dataset(width: int = 512, height: int = 512) -> Dataset:
     """The toy model's 432 pictures at ``width`` x ``height`` pixels (multiples of 8)."""
     for name, v in (("width", width), ("height", height)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 8 or v % 8:
-            raise ValueError(f"{name}={v!r} must be a positive multiple of 8 (the toy's latents are 1/8 of the image).")
+        v = checks.whole(name, v, low=8)
+        if v % 8:
+            raise InvalidArgument(f"{name}={v!r} must be a positive multiple of 8 (the toy's latents are 1/8 of the "
+                                  "image).", argument=name)
+    width, height = int(width), int(height)
     from ..devices import free_memory_bytes, gib
 
     need, free = memory_bytes(height // 8, width // 8), free_memory_bytes(torch.device("cpu"))
     if free is not None and need > free:
         side = int((width * height * free / need) ** 0.5) // 8 * 8
-        raise ValueError(f"The toy's pictures at {width}x{height} need about {gib(need)}, and {gib(free)} is free: "
+        raise InvalidArgument(f"The toy's pictures at width={width}, height={height} need about {gib(need)}, and {gib(free)} is free: "
                          f"the largest square size that fits is about {side}x{side}.")
     f = factors(height // 8, width // 8)
     latents = torch.from_numpy(LATENT_SCALE * f.latents).float()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import InvalidArgument
 from .. import conventions as C
 from . import data as D
 
@@ -81,7 +82,7 @@ class ToyTextEncoder(ModelMixin, ConfigMixin):
 
     def forward(self, input_ids: torch.Tensor, attention_mask=None, output_hidden_states=None, return_dict=None):
         if output_hidden_states:
-            raise ValueError("The toy text encoder has no layers to skip (clip_skip); leave clip_skip unset.")
+            raise InvalidArgument("The toy text encoder has no layers to skip (clip_skip); leave clip_skip unset.")
         rows = [D.allowed_vector(self._meanings[i] if 0 <= i < len(self._meanings) else None for i in ids)
                 for ids in input_ids.tolist()]
         allowed = torch.as_tensor(np.stack(rows), dtype=self.dtype_marker.dtype, device=input_ids.device)
@@ -99,7 +100,7 @@ class ToyUNet(ModelMixin, ConfigMixin):
                  beta_end: float = 0.012, num_train_timesteps: int = 1000):
         super().__init__()
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, not {prediction_type!r}.")
+            raise InvalidArgument(f"prediction_type must be epsilon, v_prediction or sample, not {prediction_type!r}.")
         from ..noise_schedules import TrainingSchedule
 
         self.training_schedule = TrainingSchedule.from_config(

@@ -5,7 +5,8 @@ import ipywidgets as W
 import numpy as np
 
 from .. import noise_schedules as S
-from ..plots import DEFAULT_SCHEDULES, Y_AXES, _y, plot_schedules, png_bytes
+from .. import checks
+from ..plots import DEFAULT_SCHEDULES, Y_AXES, _schedule_names, _training, _y, plot_schedules, png_bytes
 
 
 class ScheduleExplorer(W.VBox):
@@ -14,12 +15,17 @@ class ScheduleExplorer(W.VBox):
 
     def __init__(self, model=None, names=("uniform", "karras", "exponential", "align_your_steps"), n: int = 20,
                  rho: float = 7.0):
-        self.training, self.family = S.TrainingSchedule.of(model), getattr(model, "family", "sd1")
+        (self.training, self.family), names = _training(model), _schedule_names(names)
+        chosen = tuple(S.resolve_schedule(x) for x in names)
+        for name in chosen:
+            checks.choice("names", name, DEFAULT_SCHEDULES, hint=" The explorer draws those schedules.")
+        n = checks.whole("n", n, low=2, high=1000)
+        rho = checks.number("rho", rho, low=0, low_open=True, high=100)
         options = [(S.schedule_label(k), k) for k in DEFAULT_SCHEDULES]
-        self.names = W.SelectMultiple(options=options, value=tuple(S.resolve_schedule(x) for x in names),
-                                      description="Schedules", rows=len(options))
-        self.n = W.IntSlider(value=n, min=2, max=100, description="Steps")
-        self.rho = W.FloatSlider(value=rho, min=1.0, max=15.0, step=0.5, description="rho (Karras)")
+        self.names = W.SelectMultiple(options=options, value=chosen, description="Schedules", rows=len(options))
+        # a range that holds the value asked for (a slider would clamp it silently)
+        self.n = W.IntSlider(value=n, min=2, max=max(100, n), description="Steps")
+        self.rho = W.FloatSlider(value=rho, min=min(1.0, rho), max=max(15.0, rho), step=0.5, description="rho (Karras)")
         self.y = W.Dropdown(options=list(Y_AXES), value="sigma", description="y axis")
         self.image = W.Image(format="png")
         self.renders = 0

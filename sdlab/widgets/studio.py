@@ -16,6 +16,8 @@ from pathlib import Path
 
 import ipywidgets as W
 
+from .. import checks
+from ..errors import WrongType
 from ..generation import Job, native_size, prepare
 from ..previews import to_jpeg
 from ..records import Run, StepEvent
@@ -34,11 +36,25 @@ class Studio(W.VBox):
 
     def __init__(self, lab, settings: Settings | None = None, *, max_fps: float = 20.0, preview: str = "approx",
                  preview_target: str = "x0", output_dir: str | Path = "outputs", **setting_kwargs):
-        self.lab = lab
+        self.lab = checks.lab("lab", lab)
+        if settings is not None and not isinstance(settings, Settings):
+            raise WrongType(f"settings must be sdlab.Settings (or None), not {type(settings).__name__}.",
+                            argument="settings")
         base = settings or Settings(width=None, height=None)
         self.settings = base.updated(**setting_kwargs)
-        size = self.settings.width or native_size(lab)
-        self.max_fps = float(max_fps)
+        size = native_size(lab)
+        self.max_fps = checks.number("max_fps", max_fps, low=0, low_open=True, high=1000,
+                                     hint=" It is how many preview frames a second the Studio sends at most.")
+        checks.choice("preview", preview, [value for _, value in PREVIEWS])
+        checks.choice("preview_target", preview_target, ("x0", "xt"))
+        if not isinstance(output_dir, (str, Path)) or not str(output_dir):
+            raise WrongType(f"output_dir must be a folder (a string or pathlib.Path) to save PNGs in, not "
+                            f"{output_dir!r:.60}.", argument="output_dir")
+        # checked as a run would check them, before any control is built (a control would clamp a value the
+        # run then uses anyway, or raise a traitlets error that says nothing about the setting)
+        given = self.settings
+        checked = prepare(lab, replace(given, width=size if given.width is None else given.width,
+                                       height=size if given.height is None else given.height)).settings
         self.job: Job | None = None
         self.history: list[Run] = []  # the last HISTORY_LIMIT runs
         self._made = 0  # runs added to the history in this session
@@ -60,15 +76,16 @@ class Studio(W.VBox):
         self.negative = W.Textarea(value=s.negative_prompt, placeholder="Negative prompt", description="Negative",
                                    layout=wide, rows=1)
         self.picker = SamplerPicker(s.sampler, s.schedule)
-        self.steps = W.IntSlider(value=s.steps, min=1, max=150, description="Steps")
-        self.cfg = W.FloatSlider(value=s.cfg, min=0.0, max=20.0, step=0.5, description="CFG scale")
+        self.steps = W.IntSlider(value=checked.steps, min=1, max=max(150, checked.steps), description="Steps")
+        self.cfg = W.FloatSlider(value=checked.cfg, min=0.0, max=max(20.0, checked.cfg), step=0.5,
+                                 description="CFG scale")
         self.seed_mode = W.ToggleButtons(options=["random", "fixed"], value="random" if s.seed is None else "fixed",
                                          style={"button_width": "80px"}, description="Seed")
-        self.seed = W.IntText(value=s.seed or 0, layout=W.Layout(width="140px"))
+        self.seed = W.IntText(value=checked.seed if s.seed is not None else 0, layout=W.Layout(width="140px"))
         self.reuse = W.Button(description="reuse last", icon="recycle", layout=W.Layout(width="110px"),
                               tooltip="Fix the seed of the last run")
-        self.width = W.IntText(value=s.width or size, description="Width", layout=W.Layout(width="170px"))
-        self.height = W.IntText(value=s.height or size, description="Height", layout=W.Layout(width="170px"))
+        self.width = W.IntText(value=checked.width, description="Width", layout=W.Layout(width="170px"))
+        self.height = W.IntText(value=checked.height, description="Height", layout=W.Layout(width="170px"))
         self.preview = W.Dropdown(options=PREVIEWS, value=preview, description="Preview", layout=W.Layout(width="220px"))
         self.target = W.ToggleButtons(options=[("x0", "x0"), ("x_t", "xt")], value=preview_target,
                                       style={"button_width": "50px"})
@@ -130,11 +147,12 @@ class Studio(W.VBox):
         the model's native one, and a slider whose range cannot hold a value (steps 300, CFG 35) is widened
         to hold it, never clamped."""
         if not isinstance(settings, Settings):
-            raise TypeError("Studio.restore takes Settings (run.settings, or sdlab.read_settings(png or infotext)), "
-                            f"not {type(settings).__name__}.")
+            raise WrongType("settings must be sdlab.Settings (run.settings, or sdlab.read_settings(png or infotext)), "
+                            f"not {type(settings).__name__}.", argument="settings")
         said: list[str] = []
         native = native_size(self.lab)
-        width, height = settings.width or native, settings.height or native
+        width = native if settings.width is None else settings.width
+        height = native if settings.height is None else settings.height
         if settings.width is None or settings.height is None:
             said.append(f"No size in these settings: using the model's native {width}x{height}.")
         # everything checked before any control changes (the core's check: names, size, steps, cfg, ...)
@@ -246,8 +264,8 @@ class Studio(W.VBox):
             state = "stopped" if run.stopped else "done"
             self.progress.value = (f"{state}: step {run.records[-1].step}/{run.settings.steps} &middot; NFE {run.nfe} "
                                    f"&middot; {run.seconds:.1f} s &middot; seed {run.settings.seed}")
-            for problem in run.problems:
-                self._show_error(problem)
+            if run.problems:  # every one of them, not only the last
+                self._show_error("\n".join(run.problems))
         finally:
             self.generate_button.disabled = False
             self.stop_button.disabled = True

@@ -4,6 +4,8 @@ from __future__ import annotations
 import ipywidgets as W
 import numpy as np
 
+from .. import checks
+from ..errors import WrongType
 from ..previews import approx_rgb, latent_channels, to_jpeg, vae_rgb
 from ..records import Run
 
@@ -43,6 +45,11 @@ class StepViewer(W.VBox):
     decoder can be switched from the linear approximation to the full VAE (slower, true colours)."""
 
     def __init__(self, run: Run | None = None, size: int = 384, lab=None):
+        if run is not None:
+            _check_run(run)
+        if lab is not None:
+            checks.lab("lab", lab)
+        size = checks.whole("size", size, low=32, high=4096, hint=" It is the picture's side in pixels.")
         self.panel = ImagePanel(size)
         # 1-based: the slider shows the record number the info line names ("call k")
         self.slider = W.IntSlider(min=1, max=1, value=1, description="Record", continuous_update=True,
@@ -63,7 +70,7 @@ class StepViewer(W.VBox):
             self.show_run(run)
 
     def show_run(self, run: Run) -> None:
-        self.run = run
+        self.run = _check_run(run)
         n = max(len(run.records), 1)
         old = self.slider.value
         self.slider.max = self.play.max = n
@@ -90,3 +97,10 @@ class StepViewer(W.VBox):
         sigma = "n/a" if rec.sigma is None else f"{rec.sigma:.4f}"
         self.info.value = (f"step {rec.step}/{rec.total_steps} &middot; call {rec.index + 1}/{len(run.records)} &middot; "
                            f"timestep {rec.timestep:.1f} &middot; sigma {sigma} &middot; NFE {rec.nfe}")
+
+
+def _check_run(run) -> Run:
+    if isinstance(run, Run):
+        return run
+    raise WrongType(f"run must be a Run (what lab.generate returns), not {type(run).__name__} {run!r:.40}.",
+                    argument="run")
