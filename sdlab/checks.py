@@ -244,8 +244,8 @@ def latents(name: str, value: Any, *, channels: int | None = None, size: tuple[i
 
 
 def output_file(name: str, value: Any, *, suffix: str | tuple[str, ...] = ".png", create_folder: bool = True) -> Path:
-    """A path a file can be written to: not a folder, its folder exists (``create_folder``: is made) and
-    can be written to, its name fits the file system, and it ends in ``suffix``."""
+    """A path a file can be written to: not a folder, its name fits the file system and ends in ``suffix``,
+    its folder exists (``create_folder``: is made) and can be written to."""
     if isinstance(value, bytes):
         value = os.fsdecode(value)
     if not isinstance(value, (str, os.PathLike)):
@@ -255,13 +255,20 @@ def output_file(name: str, value: Any, *, suffix: str | tuple[str, ...] = ".png"
     if str(value) == "" or "\x00" in str(value):
         raise InvalidArgument(f"{name} must name a file, not {_shown(value)}.", argument=name)
     suffixes = (suffix,) if isinstance(suffix, str) else tuple(suffix)
-    if path.suffix.lower() not in suffixes:
-        raise InvalidArgument(f"{name} must end in {' or '.join(suffixes)}, not {path.suffix or 'no suffix'!r} "
-                              f"({str(path)!r:.80}).", argument=name)
+    folder = path.parent
+    try:
+        limit = os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    if any(len(os.fsencode(part)) > limit for part in path.parts):
+        raise InvalidArgument(f"{name}: a name in {_shown(str(path))} is longer than this file system allows ({limit} "
+                              "bytes); use a shorter name.", argument=name)
     if path.is_dir():
         raise InvalidArgument(f"{name}={str(path)!r} is a folder: give a file name in it, such as "
                               f"{str(path / ('run' + suffixes[0]))!r}.", argument=name)
-    folder = path.parent
+    if path.suffix.lower() not in suffixes:
+        raise InvalidArgument(f"{name} must end in {' or '.join(suffixes)}, not {path.suffix or 'no suffix'!r} "
+                              f"({str(path)!r:.80}).", argument=name)
     if not folder.is_dir():
         if not create_folder:
             raise InvalidArgument(f"{name}: the folder {str(folder)!r} does not exist; create it first.",
@@ -274,20 +281,17 @@ def output_file(name: str, value: Any, *, suffix: str | tuple[str, ...] = ".png"
     if not os.access(folder, os.W_OK):
         raise InvalidArgument(f"{name}: the folder {str(folder)!r} cannot be written to; save somewhere else.",
                               argument=name)
-    try:
-        limit = os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):
-        limit = 255
-    if len(os.fsencode(path.name)) > limit:
-        raise InvalidArgument(f"{name}: the file name is {len(os.fsencode(path.name))} bytes long, more than this "
-                              f"file system allows ({limit}); use a shorter name.", argument=name)
     return path
 
 
 def write_atomically(path: Path, write) -> None:
     """``write(temporary_path)``, then rename it to ``path``: a failed write (a full disk) leaves no
     truncated file and keeps any file that was there."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # (the suffix: for formats by name)
+    import uuid
+
+    # beside the file (a rename within one folder is atomic), short whatever the name, the suffix kept for
+    # writers that choose the format by it
+    tmp = path.with_name(f".sdlab-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -477,3 +477,145 @@ def test_a_bad_max_resident_in_the_environment_never_breaks_import(monkeypatch):
     for bad in (0, 2.5, "x", True):
         with pytest.raises(sdlab.SdlabError, match="n must be a whole number >= 1, not .*It is how many models stay"):
             sdlab.set_max_resident(bad)
+
+
+# --- issue 18, the rest by kind: each kind checked where it enters (tests/test_boundary.py walks them all) --
+def test_numbers_of_any_numeric_type_mean_the_number_they_hold(lab):
+    import numpy as np
+
+    small = dict(steps=2, width=32, height=32)
+    plain = lab.generate("x", seed=1, cfg=7.0, **small).images[0]
+    numpy = lab.generate("x", seed=np.int64(1), cfg=np.float32(7), steps=np.int32(2), width=32.0, height=32)
+    assert np.array_equal(np.asarray(plain), np.asarray(numpy.images[0]))
+    assert numpy.settings.seed == 1 and type(numpy.settings.steps) is int and type(numpy.settings.cfg) is float
+    for bad in (dict(steps=True), dict(cfg=False), dict(seed=np.bool_(True)), dict(steps=2.5), dict(width=float("nan")),
+                dict(height=float("inf"))):
+        with pytest.raises(sdlab.SdlabError, match=next(iter(bad))):
+            lab.generate("x", **{**small, **bad})
+
+
+def test_two_names_for_one_setting_are_refused_not_one_silently_dropped(lab):
+    with pytest.raises(sdlab.InvalidArgument, match="cfg=7 and guidance_scale=5 are the same setting"):
+        lab.generate("x", cfg=7, guidance_scale=5, steps=2)
+    with pytest.raises(sdlab.InvalidArgument, match="steps=3 and num_inference_steps=4"):
+        sdlab.Settings().updated(steps=3, num_inference_steps=4)
+
+
+def test_run_options_are_checked_before_the_run_starts(lab):
+    for bad, kind in ((dict(record_dtype="half"), ValueError), (dict(on_step=5), TypeError),
+                      (dict(stop=True), TypeError), (dict(scheduler="Euler"), TypeError), (dict(record=1), TypeError)):
+        with pytest.raises(kind, match=next(iter(bad))):
+            lab.generate("x", steps=2, width=32, height=32, **bad)
+    assert not lab._lock.locked()
+
+
+def test_schedules_and_plans_refuse_what_they_cannot_compute():
+    import numpy as np
+
+    with pytest.raises(sdlab.InvalidArgument, match="steps must be a whole number from 1 to 10000"):
+        sdlab.plan(sdlab.make_scheduler(sdlab.load("tiny"), "Euler"), 10 ** 7)
+    with pytest.raises(sdlab.InvalidArgument, match="rho"):
+        sdlab.sigmas("karras", 10, rho=0)
+    with pytest.raises(sdlab.InvalidArgument, match="sigma_min"):
+        sdlab.sigmas("karras", 10, sigma_min=-1.0)
+    with pytest.raises(sdlab.InvalidArgument, match="sigma_max"):
+        sdlab.sigmas("exponential", 10, sigma_max=float("nan"))
+    with pytest.raises(sdlab.InvalidArgument, match="t must hold finite numbers"):
+        sdlab.TrainingSchedule.stable_diffusion().t_to_sigma(np.array([1.0, np.nan]))
+    assert sdlab.TrainingSchedule.stable_diffusion().t_to_sigma(500).shape == ()  # a number in, a number out
+
+
+def test_infotext_with_bad_escapes_or_nested_json_is_read_or_refused_clearly(tmp_path):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    odd = sdlab.parse_infotext('x\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32, Note: "bad \\q escape"')
+    assert odd.steps == 2 and odd.extra["Note"] == "bad \\q escape"
+    info = PngInfo()
+    info.add_text("sdlab", "[" * 100_000 + "]" * 100_000)  # deeper than json can parse
+    info.add_text("parameters", "a cat\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32")
+    path = tmp_path / "deep.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    with pytest.warns(sdlab.SdlabNotice, match="damaged"):
+        assert sdlab.read_settings(path).steps == 3  # the documented fall-back to the A1111 text
+    with pytest.raises(sdlab.WrongType, match="text must be a string"):
+        sdlab.parse_infotext(None)
+
+
+def test_saving_says_what_is_wrong_with_the_path_and_never_leaves_a_truncated_png(lab, tmp_path, monkeypatch):
+    import os
+
+    run = lab.generate("x", steps=2, seed=1, width=32, height=32)
+    with pytest.raises(sdlab.InvalidArgument, match="is a folder: give a file name in it"):
+        run.save(tmp_path)
+    with pytest.raises(sdlab.InvalidArgument, match="longer than this file system allows"):
+        run.save(tmp_path / ("a" * 300 + ".png"))
+    with pytest.raises(sdlab.WrongType, match="path must be a file path"):
+        run.save(None)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(sdlab.InvalidArgument, match="cannot be created"):
+        run.save(tmp_path / "file" / "x.png")
+    if os.geteuid() != 0:  # (root may write anywhere)
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(sdlab.InvalidArgument, match="cannot be written to"):
+            run.save(ro / "x.png")
+    target = run.save(tmp_path / "kept.png")
+    before = target.read_bytes()
+    from PIL import Image
+
+    def full_disk(self, fp, *args, **kwargs):  # the disk fills up halfway through the write
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with pytest.raises(sdlab.InvalidArgument, match="No space left on device.*nothing was written"):
+        run.save(target)
+    assert target.read_bytes() == before  # the PNG that was there is intact, and no temporary file is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "kept.png"] + (["ro"] if os.geteuid() != 0 else [])
+
+
+def test_helpers_take_one_name_as_one_name_and_refuse_empty_or_degenerate_requests(lab, toy, tmp_path):
+    from sdlab import plots
+
+    study = sdlab.sampler_accuracy(lab, "Euler", steps=3, width=32, height=32, reference_steps=4, progress=False)
+    assert [r.sampler for r in study.rows] == ["Euler"]  # not 'E', 'u', 'l', ...
+    run = lab.generate("x", steps=3, seed=1, width=32, height=32)
+    with pytest.raises(sdlab.InvalidArgument, match="steps must be a whole number"):
+        plots.step_grid([run], steps=0)
+    with pytest.raises(sdlab.InvalidArgument, match="fps"):
+        plots.animate_run(run, tmp_path / "a.gif", fps=0)
+    with pytest.raises(sdlab.WrongType, match="scheduler must be a diffusers scheduler"):
+        sdlab.describe(None)
+    with pytest.raises(sdlab.InvalidArgument, match="x and y are both 'cfg'"):
+        sdlab.sweep(lab, x="cfg", x_values=[1], y="guidance_scale", y_values=[2])
+    # skip_invalid skips a cell of the wrong kind too (a TypeError), not only a ValueError
+    grid = sdlab.sweep(lab, x="cfg", x_values=[7.0, "high"], steps=2, width=32, height=32, skip_invalid=True,
+                       progress=False)
+    assert grid.runs[0][0] is not None and grid.runs[0][1] is None and "cfg must be a number" in grid.errors[0, 1]
+    ds = sdlab.toy.dataset(64, 64)
+    with pytest.raises(sdlab.InvalidArgument, match="latents are 4x4 latents .* needs 8x8"):
+        ds.nearest(ds.latents[0, :, :4, :4])
+    with pytest.raises(sdlab.InvalidArgument, match=r"latents must have the shape \(B, 4, h, w\)"):
+        lab.decode(run.final_latents[:, :3])
+
+
+def test_the_studio_checks_its_arguments_and_widens_a_slider_instead_of_clamping(lab, tmp_path):
+    with pytest.raises(sdlab.InvalidArgument, match="max_fps"):
+        sdlab.Studio(lab, max_fps=0, output_dir=tmp_path)
+    with pytest.raises(sdlab.WrongType, match="output_dir"):
+        sdlab.Studio(lab, output_dir=None)
+    with pytest.raises(sdlab.WrongType, match="cfg must be a number"):
+        sdlab.Studio(lab, cfg="high", output_dir=tmp_path)
+    studio = sdlab.Studio(lab, steps=300, cfg=35.0, width=32, height=32, output_dir=tmp_path)
+    assert studio.steps.value == 300 and studio.cfg.value == 35.0  # shown as they will run
+    assert studio.settings.steps == 300 and studio.steps.max >= 300
+    studio.close()
+    # every problem of a run is shown, not only the last: a prompt and a negative prompt both cut at 77 tokens
+    studio = sdlab.Studio(lab, prompt="red " * 100, negative_prompt="blue " * 100, steps=2, width=32, height=32,
+                          output_dir=tmp_path)
+    studio.on_generate()
+    _wait_idle(studio)
+    assert "The prompt is 302 tokens" in studio.error.value and "The negative prompt is 402 tokens" in studio.error.value
+    studio.close()
