@@ -592,7 +592,11 @@ def _load_pipeline(kind: SourceKind, source: str, dt: torch.dtype, variant: str 
         common["variant"] = variant
     if kind == "folder":
         _check_model_index(Path(source) / "model_index.json")
-        return DiffusionPipeline.from_pretrained(source, local_files_only=True, **common)
+        try:
+            return DiffusionPipeline.from_pretrained(source, local_files_only=True, **common)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, EnvironmentError) as exc:
+            raise LoadError(f"model: diffusers could not load the folder {source!r}: {_first_line(exc).rstrip('.')}. Check that "
+                            "it is a complete diffusers pipeline folder (save_pretrained writes one).") from exc
     if kind == "single_file":
         family = checkpoint_family(source) if source.endswith(".safetensors") else None
         cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
@@ -623,15 +627,29 @@ def _load_pipeline(kind: SourceKind, source: str, dt: torch.dtype, variant: str 
 
 
 def _check_model_index(index: Path) -> None:
+    """A folder's model_index.json: valid, a supported pipeline, and every component it lists present (diffusers
+    would otherwise load a pipeline without a tokenizer that fails at the first prompt, or name the parent
+    folder when vae/ is missing)."""
     try:
-        cls = json.loads(index.read_text()).get("_class_name", "?")
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LoadError(f"{index} is not valid JSON ({exc}); the folder is not a usable diffusers pipeline.") from None
+        data = json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError, RecursionError, UnicodeDecodeError) as exc:
+        raise LoadError(f"model: {index} is not valid JSON ({exc}); the folder is not a usable diffusers "
+                        "pipeline.") from None
+    if not isinstance(data, dict):
+        raise LoadError(f"model: {index} holds a {type(data).__name__}, not the mapping of a pipeline's components "
+                        "that diffusers writes; the folder is not a usable diffusers pipeline.")
+    cls = data.get("_class_name", "?")
     if cls not in SUPPORTED_PIPELINES:
         raise UnsupportedModelError(
             f"{index.parent.name} holds a {cls}; sdlab supports Stable Diffusion 1.x, 2.x and SDXL "
             "text-to-image pipelines (StableDiffusionPipeline, StableDiffusionXLPipeline)."
         )
+    for name, spec in data.items():
+        if name.startswith("_") or not isinstance(spec, list) or None in spec:
+            continue  # private keys, and components saved as None (no safety checker)
+        if not (index.parent / name).is_dir():
+            raise LoadError(f"model: the folder {str(index.parent)!r} lacks its '{name}/' subfolder, which its "
+                            f"model_index.json lists ({spec[-1] if spec else name}); copy the whole pipeline folder.")
 
 
 def _first_line(exc: BaseException) -> str:

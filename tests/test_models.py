@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 import sys
 import weakref
 
@@ -321,3 +322,19 @@ def test_hub_id_loads_from_the_local_cache_offline(clean_registry, tiny_folder, 
     assert lab.kind == "hub" and lab.source == "sdlab-tests/tiny-sd" and lab.family == "sd1"
     assert sdlab.load("sdlab-tests/tiny-sd", cache_dir=str(tmp_path / "hub")) is lab and len(calls) == 1
     assert torch.equal(_image(lab), _image(sdlab.load("tiny")))
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda d: shutil.rmtree(d / "tokenizer"), "lacks its 'tokenizer/' subfolder"),
+    (lambda d: shutil.rmtree(d / "vae"), "lacks its 'vae/' subfolder"),
+    (lambda d: (d / "model_index.json").write_text("[1, 2]"), "holds a list, not the mapping"),
+    (lambda d: (d / "model_index.json").write_text("{not json"), "is not valid JSON"),
+    (lambda d: (d / "unet" / "config.json").write_text("{}"), "diffusers could not load the folder .*conv_in"),
+])
+def test_a_broken_diffusers_folder_says_what_is_broken(clean_registry, tiny_folder, tmp_path, damage, match):
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_folder, folder)
+    damage(folder)
+    with pytest.raises(sdlab.LoadError, match=match):
+        sdlab.load(str(folder))
+    assert sdlab.loaded() == []
