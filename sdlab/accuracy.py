@@ -185,6 +185,7 @@ def sampler_accuracy(lab, samplers: Sequence[str] = ("Euler", "Heun", "DPM++ 2M"
             else:
                 runs[k] = value
 
+        distributed.check_workers(executor, lab)
         tasks = {k: (distributed.run_cell, lab, cell.settings, {"record_dtype": torch.float32}, True)
                  for k, cell in enumerate(cells)}
         distributed.collect(executor, tasks, deliver, progress=progress, label="sampler accuracy")

@@ -184,6 +184,7 @@ def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any],
             result.interrupted = not distributed.run_here(lab, cells, {"record": records}, deliver,
                                                           progress=progress, label=label)
     else:
+        distributed.check_workers(executor, lab)
         tasks = {key: (distributed.run_cell, lab, cell.settings, {"record": records}, records)
                  for key, cell in cells.items()}
 

@@ -30,6 +30,61 @@ from .records import Run
 
 RETRIES = 2  # a cell whose worker died is run again on another, at most this many times
 
+# Two of Dask's defaults make a CPU-bound torch pipeline in a worker about 1.9x slower than the same call in the
+# notebook's process (benchmarks/run_all.py, row 7, measures both):
+DASK_CONFIG = {
+    # The nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536 (distributed.yaml, pre-spawn-environ).
+    # Setting any glibc malloc threshold turns off glibc's dynamic mmap threshold (mallopt(3), M_MMAP_THRESHOLD),
+    # so every allocation above 128 KiB is a fresh mmap, page-faulted and zeroed: about 1.6x here.
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    # The statistical profiler samples every thread's stack every 10 ms, taking the GIL that the pipeline's
+    # Python code needs between torch ops: about 1.2x more.
+    "distributed.worker.profile.enabled": False,
+}
+
+
+def configure_dask() -> None:
+    """Set ``DASK_CONFIG`` for the clusters this process starts from now on (call it before ``LocalCluster``).
+    Also drops MALLOC_TRIM_THRESHOLD_ from this process's environment, where a cluster started earlier put it
+    (a LocalCluster's nannies write their workers' environment into it) and new workers would inherit it."""
+    import os
+
+    import dask
+
+    dask.config.set(DASK_CONFIG)
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+
+
+def _worker_settings() -> tuple[str | None, bool]:
+    import os
+
+    import dask
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), bool(dask.config.get("distributed.worker.profile.enabled", True))
+
+
+_CHECKED: set[int] = set()  # the clients whose workers were looked at (once each)
+
+
+def check_workers(executor, lab) -> None:
+    """Once per Dask client, for a model on the CPU: say if its workers run with the settings that slow torch
+    down (``DASK_CONFIG``), and how to start them without."""
+    if not _is_dask(executor) or id(executor) in _CHECKED or getattr(lab, "device", None) is None \
+            or getattr(lab.device, "type", str(lab.device)) != "cpu":
+        return
+    _CHECKED.add(id(executor))
+    try:
+        found = set(executor.run(_worker_settings).values())
+    except Exception:  # noqa: BLE001 - a check for a notice never stops a sweep
+        return
+    slow = [what for what, hit in (("MALLOC_TRIM_THRESHOLD_ set", any(t is not None for t, _ in found)),
+                                   ("the statistical profiler on", any(p for _, p in found))) if hit]
+    if slow:
+        from .notices import notice
+
+        notice(f"sdlab: the Dask workers run with {' and '.join(slow)}, which make a CPU model about 1.9x slower "
+               "there than here. Start the cluster after sdlab.distributed.configure_dask() (in a fresh kernel).")
+
 
 @dataclass
 class CellError:

@@ -529,7 +529,8 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
                               plans.config_changes(scheduler, lab.default_scheduler).items()}}
         run = Run(settings=settings, model=lab.source, family=lab.family, device=str(lab.device),
                   dtype=str(lab.dtype).removeprefix("torch."), plan=plan,
-                  scheduler_report=report, requested=prepared.requested)
+                  scheduler_report=report, requested=prepared.requested,
+                  threads=torch.get_num_threads() if lab.device.type == "cpu" else None)
         # what will differ from the tool whose names the user typed (the plan's notes) or whose infotext
         # is regenerated, and prompt words the model cannot read: said before the first step, kept with the run
         for problem in (*run.plan.notes, *a1111.differences(settings, prepared.sampler, lab.source),

@@ -77,7 +77,7 @@ def settings_json(run) -> dict:
         "settings": run.settings.to_dict(),
         "model": run.model, "family": run.family, "device": run.device, "dtype": run.dtype,
         "scheduler": run.scheduler_report, "stopped": run.stopped,
-        "nfe": run.nfe, "steps_recorded": len(run.records),
+        "nfe": run.nfe, "steps_recorded": len(run.records), "torch_threads": run.threads,
         "versions": {"sdlab": _version(), "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "torch": torch.__version__},
     }

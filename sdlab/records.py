@@ -89,6 +89,9 @@ class Run:
     # what ended the run early, if anything did (an exception in on_step, out of memory, an interrupt):
     # the records up to there stay for inspection
     error: BaseException | None = None
+    # torch's CPU threads during the run (None on a GPU): float sums split differently with another count, so a
+    # run is bit-identical to another of the same settings on the CPU only with the same count (README)
+    threads: int | None = None
 
     @property
     def steps(self) -> list[StepRecord]:

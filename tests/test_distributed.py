@@ -1,16 +1,20 @@
 """Sweeps on a Dask cluster: a LocalCluster with 2 worker processes on the CPU, the tiny and toy models."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import cloudpickle
+import numpy as np
 import pytest
 import torch
 
 import sdlab
+import sdlab.distributed
 
 from distributed import Client, LocalCluster  # sdlab[dask], part of the test extra: missing is a failure
 
@@ -39,9 +43,21 @@ def _children() -> list[int]:
     return out
 
 
+@contextlib.contextmanager
+def _threads(n):
+    """torch's CPU thread count for a local run to compare with a worker's (float sums split by it)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def client():
     before = set(_children())
+    sdlab.distributed.configure_dask()  # as the README says: Dask's defaults slow a CPU model down ~1.9x
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     c = Client(cluster)
     try:
@@ -57,7 +73,10 @@ def client():
 
 def test_a_sweep_on_the_cluster_equals_the_local_one_bit_for_bit(lab, client):
     remote = sdlab.sweep(lab, executor=client, **GRID)
-    local = sdlab.sweep(lab, **GRID)
+    threads = remote.runs[0][0].threads
+    assert threads == 1  # the workers' own count (one thread each), recorded with every run
+    with _threads(threads):
+        local = sdlab.sweep(lab, **GRID)
     assert remote.shape == local.shape == (2, 3) and remote.errors == {} and not remote.interrupted
     for row_r, row_l in zip(remote.runs, local.runs):
         for r, l in zip(row_r, row_l):
@@ -66,6 +85,50 @@ def test_a_sweep_on_the_cluster_equals_the_local_one_bit_for_bit(lab, client):
             assert all(rec.latents is None for rec in r.records)  # small: no tensors unless asked
     kept = sdlab.sweep(lab, executor=client, records=True, **{**GRID, "y_values": [7.0]})
     assert kept.runs[0][0].records[0].latents.dtype == torch.float16
+
+
+@pytest.mark.parametrize("size", [64, 512])
+def test_a_cell_on_a_worker_is_bit_identical_to_a_local_run_with_its_thread_count(lab, client, size):
+    # (at 512 px the tiny UNet's self-attention over 4096 positions takes seconds a call: one step, no CFG)
+    cell = dict(prompt="a lighthouse", steps=3 if size == 64 else 1, seed=7, width=size, height=size, sampler="Euler",
+                cfg=7.0 if size == 64 else 1.0)
+    remote = sdlab.sweep(lab, executor=client, x="seed", x_values=[7], **{k: v for k, v in cell.items() if k != "seed"})
+    run = remote.runs[0][0]
+    with _threads(run.threads):
+        local = lab.generate(**cell, record=False)
+    assert np.array_equal(np.asarray(run.image), np.asarray(local.image))
+    assert torch.equal(run.final_latents, local.final_latents)
+    if size != 64:
+        return
+    # with another thread count float sums split differently: the latents move by about 1e-4 and, at 512 px, a
+    # few dozen pixels by 1/255 (measured on this machine); the README says what is guaranteed
+    with _threads(run.threads + 1):
+        other = lab.generate(**cell, record=False)
+    assert float((other.final_latents - run.final_latents).abs().max()) < 1e-2
+
+
+def test_workers_that_slow_a_cpu_model_down_are_said_once(lab):
+    from sdlab import distributed
+
+    class FakeClient:  # what check_workers asks of a Dask client
+        __module__ = "distributed.client"
+
+        def __init__(self, settings):
+            self.settings, self.asked = settings, 0
+
+        def run(self, fn):
+            self.asked += 1
+            return {"tcp://worker": self.settings}
+
+    slow = FakeClient(("65536", True))
+    with pytest.warns(sdlab.SdlabNotice, match="MALLOC_TRIM_THRESHOLD_ set and the statistical profiler on.*configure_dask"):
+        distributed.check_workers(slow, lab)
+    distributed.check_workers(slow, lab)  # once per client
+    assert slow.asked == 1
+    fine = FakeClient((None, False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        distributed.check_workers(fine, lab)
 
 
 def test_each_worker_loads_the_model_once_across_sweeps(lab, client):
@@ -138,7 +201,8 @@ def test_a_worker_killed_mid_sweep_has_its_cells_retried(lab, client):
     assert result.done and result.finished == 10 and result.errors == {}
     assert all(r.done for r in result.runs[0])
     client.wait_for_workers(2, timeout=120)
-    local = lab.generate("x", seed=7, steps=60, width=64, height=64)
+    with _threads(result.runs[0][7].threads):
+        local = lab.generate("x", seed=7, steps=60, width=64, height=64)
     assert result.runs[0][7].image.tobytes() == local.image.tobytes()
 
 
