@@ -155,7 +155,7 @@ def sampler_accuracy(lab, samplers: Sequence[str] = ("Euler", "Heun", "DPM++ 2M"
                 raise InvalidArgument(f"schedules: {exc}", argument="schedules") from None
             try:
                 _, concrete = resolve(spec.name, schedule)
-            except ValueError as exc:
+            except SdlabError as exc:
                 skipped[(spec.name, S.resolve_schedule(schedule))] = str(exc)
                 continue
             if (spec.name, concrete) in seen:

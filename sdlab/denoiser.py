@@ -61,7 +61,7 @@ class Denoiser:
         sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
         b = len(x)
         sig = sigma.expand(b) if sigma.numel() == 1 else sigma
-        t = torch.as_tensor(self.training.sigma_to_t(sig.numpy()), dtype=torch.float64)
+        t = torch.as_tensor(self.training._sigma_to_t(sig.numpy()), dtype=torch.float64)
         c_in = torch.as_tensor(C.vp_scale(sig.numpy()))[:, None, None, None]
         inp = (x.double().cpu() * c_in).to(device=self.device, dtype=self.dtype)
         n = 2 if self.guided else 1

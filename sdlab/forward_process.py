@@ -36,7 +36,7 @@ def add_noise(image_or_latents, *, sigma: float | Sequence[float] | None = None,
     else:
         training = S.TrainingSchedule.of(lab)
         T = training.num_train_timesteps
-        sig = training.t_to_sigma(checks.reals("timestep", timestep, low=0, high=T - 1, max_size=10_000))
+        sig = training._t_to_sigma(checks.reals("timestep", timestep, low=0, high=T - 1, max_size=10_000))
     x0 = _latents(image_or_latents, lab)
     if len(sig) > 1 and len(x0) > 1:
         raise InvalidArgument(f"Give one picture with several noise levels, or several with one; got {len(x0)} "

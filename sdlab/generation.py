@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
-from .errors import BusyError, GenerationError, InvalidArgument, RunTimeout, WrongType  # noqa: F401  (sdlab.generation.BusyError, its first home)
+from .errors import BusyError, GenerationError, InvalidArgument, RunTimeout, SdlabError, WrongType  # noqa: F401  (sdlab.generation.BusyError, its first home)
 from . import a1111, checks
 from . import conventions as C
 from . import noise_schedules as S
@@ -162,7 +162,7 @@ def _scheduler_from_config(config: dict):
     try:
         recipes.check_scheduler_config(config)
         cls = recipes.scheduler_class(config.get("_class_name"))
-    except ValueError as exc:
+    except SdlabError as exc:
         raise InvalidArgument(f"scheduler_config: {exc}") from None
     try:
         return cls.from_config(config)

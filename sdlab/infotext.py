@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checks
-from .errors import InvalidArgument, MissingFile, WrongType
+from .errors import InvalidArgument, MissingFile, SdlabError, WrongType
 from . import noise_schedules as S
 from .a1111 import ORIGIN
 from .sampler_catalog import CATALOG, parse_sampler
@@ -208,13 +208,13 @@ def parse_infotext(text: str) -> Settings:
             try:
                 spec, legacy = parse_sampler(value)
                 settings["sampler"], schedule_from_sampler = spec.name, legacy
-            except ValueError:
+            except SdlabError:
                 settings["sampler"] = value  # unknown to sdlab: generate() will say so, naming it
                 extra["Sampler"] = value
         elif key == "Schedule type":
             try:
                 settings["schedule"] = S.resolve_schedule(value)
-            except ValueError:  # kept as written: generate() refuses it, naming it, rather than run another
+            except SdlabError:  # kept as written: generate() refuses it, naming it, rather than run another
                 settings["schedule"] = value
                 extra[key] = value
         elif key == "CFG scale":

@@ -184,7 +184,11 @@ class Lab:
     def set_sampler(self, sampler: str, schedule: str = "automatic", **params: Any):
         """Install a catalog sampler on the pipeline (built from the model's own scheduler config); the
         weights are untouched. Returns the scheduler. While a run is going on this model it raises BusyError
-        (the run goes on unchanged): install it after the run."""
+        (the run goes on unchanged): install it after the run.
+
+        It configures ``lab.pipe`` for plain diffusers calls. sdlab's own runs take their sampler from their
+        settings (``sampler=``, default DPM++ 2M), so that a run is reproducible from its settings alone; pass
+        ``scheduler=lab.pipe.scheduler`` to run the installed one through sdlab."""
         from .generation import BusyError
         from .recipes import make_scheduler
 

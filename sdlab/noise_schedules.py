@@ -134,13 +134,18 @@ class TrainingSchedule:
 
     def t_to_sigma(self, t) -> np.ndarray:
         """Sigma at (fractional) timesteps, interpolating log sigma (k-diffusion's DiscreteSchedule.t_to_sigma)."""
-        t = checks.reals("t", t, low=0, high=self.num_train_timesteps - 1, keep_shape=True)
+        return self._t_to_sigma(checks.reals("t", t, low=0, high=self.num_train_timesteps - 1, keep_shape=True))
+
+    def _t_to_sigma(self, t: np.ndarray) -> np.ndarray:  # (sdlab's own callers: checked values, hot loops)
         return np.exp(np.interp(t, np.arange(self.num_train_timesteps),
                                 np.log(self.sigmas)))
 
     def sigma_to_t(self, sigma) -> np.ndarray:
         """Fractional timestep of a sigma, interpolating in log sigma (diffusers' / k-diffusion's sigma_to_t)."""
-        log_sigma = np.log(np.maximum(checks.reals("sigma", sigma, low=0, keep_shape=True), 1e-10))
+        return self._sigma_to_t(checks.reals("sigma", sigma, low=0, keep_shape=True))
+
+    def _sigma_to_t(self, sigma: np.ndarray) -> np.ndarray:  # (sdlab's own callers: checked values, hot loops)
+        log_sigma = np.log(np.maximum(np.asarray(sigma, dtype=np.float64), 1e-10))
         return np.interp(log_sigma, np.log(self.sigmas), np.arange(self.num_train_timesteps, dtype=np.float64))
 
 
@@ -289,7 +294,7 @@ def uniform(n: int, model: TrainingSchedule | None = None) -> np.ndarray:
     'normal'); in diffusers, timestep_spacing='linspace'."""
     n = _check_n(n)
     model = model or TrainingSchedule.stable_diffusion()
-    return _append_zero(model.t_to_sigma(np.linspace(model.num_train_timesteps - 1, 0, n)))
+    return _append_zero(model._t_to_sigma(np.linspace(model.num_train_timesteps - 1, 0, n)))
 
 
 def sgm_uniform(n: int, model: TrainingSchedule | None = None) -> np.ndarray:
@@ -297,7 +302,7 @@ def sgm_uniform(n: int, model: TrainingSchedule | None = None) -> np.ndarray:
     SDXL's reference code); in diffusers, timestep_spacing='trailing'."""
     n = _check_n(n)
     model = model or TrainingSchedule.stable_diffusion()
-    return _append_zero(model.t_to_sigma(np.linspace(model.num_train_timesteps - 1, 0, n + 1)[:-1]))
+    return _append_zero(model._t_to_sigma(np.linspace(model.num_train_timesteps - 1, 0, n + 1)[:-1]))
 
 
 def simple(n: int, model: TrainingSchedule | None = None) -> np.ndarray:

@@ -355,7 +355,7 @@ def plot_accuracy(result, ax=None) -> Drawn:
     for (sampler, schedule), rows in groups.items():
         try:
             label = f"{sampler} / {S.schedule_label(schedule)} (slope {result.slope(sampler, schedule):.2f})"
-        except ValueError:
+        except SdlabError:
             label = f"{sampler} / {S.schedule_label(schedule)}"
         (lines[sampler, schedule],) = ax.loglog([r.nfe for r in rows], [r.error for r in rows], marker="o",
                                                 ls=styles[schedule], color=colours[sampler], label=label)

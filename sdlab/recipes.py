@@ -51,7 +51,7 @@ from diffusers.configuration_utils import FrozenDict
 # as attributes (pipeline_loading_utils.get_class_obj_and_candidates): SchedulerMixin above is that.
 
 from . import checks
-from .errors import InvalidArgument, WrongType
+from .errors import InvalidArgument, SdlabError, WrongType
 from . import conventions as C
 from . import noise_schedules as S
 from .sampler_catalog import (CATALOG, FLAGS, Sampler, check_params, diffusers_class, diffusers_scheduler_class,
@@ -186,7 +186,7 @@ class Recipe:
                                   argument="data")
         try:
             check_params(CATALOG[sampler], schedule, dict(params))
-        except ValueError as exc:
+        except SdlabError as exc:
             raise InvalidArgument(f"data ({CONFIG_KEY}): {exc}", argument="data") from None
         return cls.of(CATALOG[sampler], schedule, family=family, params=params)
 
@@ -233,7 +233,7 @@ class FollowsRecipe:
             return None
         try:
             recipe = Recipe.from_config(data)
-        except ValueError:
+        except SdlabError:
             return None
         # only where the config's own options still say it (what recipe_of checks too): one answer
         return recipe if _agrees(recipe, diffusers_class(self), self.config) else None
@@ -259,7 +259,7 @@ class FollowsRecipe:
                 finally:
                     self.__dict__["_sdlab_pending"] = None
                 if not torch.is_floating_point(self.timesteps):  # DPM-Solver, UniPC, DEIS would round them
-                    t = S.TrainingSchedule.of(self).sigma_to_t(inner)
+                    t = S.TrainingSchedule.of(self)._sigma_to_t(inner)
                     self.timesteps = torch.from_numpy(t).to(device=self.timesteps.device, dtype=torch.float32)
         # A1111's k-diffusion samplers start from sigma_0 x noise: as is for VE samples, in VP form for the others
         if is_variance_exploding(self):
@@ -536,7 +536,7 @@ def recipe_of(scheduler) -> Recipe:
     if stored is not None:
         try:
             recipe = Recipe.from_config(stored)
-        except ValueError:
+        except SdlabError:
             recipe = None
         if recipe is not None and _agrees(recipe, base, config):
             sdlab_runs = isinstance(scheduler, FollowsRecipe) and recipe.entry.route != "spacing"

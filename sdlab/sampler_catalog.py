@@ -262,9 +262,11 @@ def parse_sampler(name: str) -> tuple[Sampler, str | None]:
     schedule in it ("DPM++ 2M Karras") comes back split: (DPM++ 2M, "karras")."""
     if isinstance(name, Sampler):
         return name, None
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str):
         raise WrongType(f"sampler must be a name (a string) such as 'DPM++ 2M' or 'euler_ancestral', not {name!r:.60}.",
                         argument="sampler")
+    if not name.strip():
+        raise InvalidArgument("sampler is empty: name one, such as 'DPM++ 2M' or 'euler_ancestral'.", argument="sampler")
     key = _norm(name)
     if key in _LOOKUP:
         return CATALOG[_LOOKUP[key]], None

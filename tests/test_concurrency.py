@@ -13,7 +13,7 @@ import sdlab
 import sdlab.widgets as widgets
 from sdlab import BusyError
 
-RUN = dict(prompt="a red circle", steps=24, seed=3, width=32, height=32)
+RUN = dict(prompt="a red circle", steps=12, seed=3, width=32, height=32)
 
 
 def _calls(lab, tmp_path, run):
@@ -91,7 +91,7 @@ def test_every_lab_call_from_another_thread_during_a_run(lab, tmp_path, while_):
             ended.set()
             thread.join(120)
         else:
-            time.sleep(0.003)  # a run long enough for the other thread to land calls in every step
+            time.sleep(0.005)  # a run long enough for the other thread to land calls in every step
 
     def other():
         started.wait(30)

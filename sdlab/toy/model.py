@@ -112,7 +112,7 @@ class ToyUNet(ModelMixin, ConfigMixin):
         """Noise level of (fractional) training timesteps, interpolating log sigma as diffusers'
         _sigma_to_t and k-diffusion's t_to_sigma do."""
         t = torch.as_tensor(timestep).detach().double().cpu().reshape(-1).numpy()
-        return torch.from_numpy(self.training_schedule.t_to_sigma(t))
+        return torch.from_numpy(self.training_schedule._t_to_sigma(t))
 
     def log_prior(self, encoder_hidden_states: torch.Tensor, f: D.Factors) -> torch.Tensor:
         allowed = encoder_hidden_states[:, 0, :].double()

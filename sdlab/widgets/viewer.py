@@ -5,7 +5,7 @@ import ipywidgets as W
 import numpy as np
 
 from .. import checks
-from ..errors import WrongType
+from ..errors import SdlabError, WrongType
 from ..previews import approx_rgb, latent_channels, to_jpeg, vae_rgb
 from ..records import Run
 
@@ -86,7 +86,7 @@ class StepViewer(W.VBox):
         rec = run.records[self.slider.value - 1]
         try:
             tensor = rec.view(self.target.value)
-        except ValueError:
+        except SdlabError:
             self.info.value = "<i>this run kept no tensors (record=False)</i>"
             return
         if self.decoder.value == "vae" and self.lab is not None:
