@@ -236,8 +236,11 @@ def test_every_deterministic_sampler_is_measured():
 def study():
     lab = sdlab.load("toy")
     lab.pipe.set_progress_bar_config(disable=True)
-    parts = [sdlab.sampler_accuracy(lab, [name], [schedule], [10, 20, 40], prompt="a red circle", seed=1,
-                                    width=SIZE, height=SIZE) for name, schedule in CONSISTENT.items()]
+    by_schedule: dict[str, list[str]] = {}  # one study per schedule: its samplers share the references
+    for name, schedule in CONSISTENT.items():
+        by_schedule.setdefault(schedule, []).append(name)
+    parts = [sdlab.sampler_accuracy(lab, names, [schedule], [10, 20, 40], prompt="a red circle", seed=1,
+                                    width=SIZE, height=SIZE) for schedule, names in by_schedule.items()]
     parts.append(sdlab.sampler_accuracy(lab, ["Euler", "DPM++ 2M"], ["karras"], [10, 20, 40, 80], prompt="a red circle",
                                         seed=1, width=SIZE, height=SIZE))
     return parts
@@ -293,7 +296,7 @@ def test_plot_accuracy(study):
 def test_on_a_trained_model_the_reference_is_a_many_step_run(tiny):
     tiny.pipe.set_progress_bar_config(disable=True)
     study = sdlab.sampler_accuracy(tiny, ["Euler", "DPM++ 2M"], ["uniform"], [4, 8], prompt="a cat", seed=2,
-                                   reference_steps=40)
+                                   reference_steps=40, width=32, height=32)
     assert [r.steps for r in study.rows] == [4, 8, 4, 8] and all(np.isfinite(r.error) for r in study.rows)
     ref = study.references[0]
     assert ref.method.startswith("Heun, 40 steps") and ref.evaluations == 2 * (40 + 20)
