@@ -132,9 +132,7 @@ def sampler_accuracy(lab, samplers: Sequence[str] = ("Euler", "Heun", "DPM++ 2M"
     reference_steps = checks.whole("reference_steps", reference_steps, low=2, high=checks.MAX_STEPS)
     prompt, negative_prompt = checks.text("prompt", prompt), checks.text("negative_prompt", negative_prompt)
     checks.flag("progress", progress)
-    if executor is not None and not callable(getattr(executor, "submit", None)):
-        raise WrongType(f"executor must be a dask.distributed.Client or a concurrent.futures.Executor (or None), "
-                        f"not {type(executor).__name__}.", argument="executor")
+    checks.executor("executor", executor)
     base = Settings(prompt=prompt, negative_prompt=negative_prompt, seed=seed, cfg=cfg, width=width, height=height)
     cells = []
     skipped: dict[tuple[str, str], str] = {}

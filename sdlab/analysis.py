@@ -14,7 +14,7 @@ from . import noise_schedules as S
 from .generation import prepare
 from .notices import notice
 from .records import Run, StepRecord
-from .settings import Settings
+from .settings import ALIASES, SETTING_NAMES, Settings
 
 SIGMA_BANDS = (float("inf"), 5.0, 1.0, 0.2, 0.0)  # high noise (composition) ... low noise (detail)
 
@@ -148,9 +148,7 @@ def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any],
     x_values, y_values = _values("x_values", x_values), _values("y_values", y_values)
     for name, flag in (("skip_invalid", skip_invalid), ("records", records), ("wait", wait), ("progress", progress)):
         checks.flag(name, flag)
-    if executor is not None and not callable(getattr(executor, "submit", None)):
-        raise WrongType(f"executor must be a dask.distributed.Client or a concurrent.futures.Executor (or None), "
-                        f"not {type(executor).__name__}.", argument="executor")
+    checks.executor("executor", executor)
     base = (base or Settings()).updated(**settings)
     if base.seed is None:
         base = replace(base, seed=0)
@@ -204,8 +202,6 @@ def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any],
 
 def _axis(name: str, value: Any) -> str:
     """A sweep axis: a Settings field (or diffusers' / A1111's name for one), as the field's name."""
-    from .settings import ALIASES, SETTING_NAMES
-
     if isinstance(value, str) and ALIASES.get(value, value) in SETTING_NAMES - {"origin", "extra"}:
         return ALIASES.get(value, value)
     raise InvalidArgument(f"{name} must name a setting to vary, such as 'cfg', 'sampler', 'schedule', 'steps' or "
@@ -214,10 +210,10 @@ def _axis(name: str, value: Any) -> str:
 
 def _values(name: str, value: Any) -> list:
     """The values along an axis: a list (a bare string is one value, never its letters)."""
-    if isinstance(value, (str, bytes)) or value is None or not hasattr(value, "__iter__"):
-        if value is None or not isinstance(value, str):
-            raise WrongType(f"{name} must be a list of values, not {type(value).__name__} {value!r:.60}.", argument=name)
+    if isinstance(value, str):
         return [value]
+    if isinstance(value, bytes) or not hasattr(value, "__iter__"):
+        raise WrongType(f"{name} must be a list of values, not {type(value).__name__} {value!r:.60}.", argument=name)
     values = list(value)
     if not values:
         raise InvalidArgument(f"{name} is empty: give at least one value.", argument=name)

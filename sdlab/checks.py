@@ -202,23 +202,12 @@ def wholes(name: str, value: Any, *, low: int | None = None, high: int | None = 
     return [whole(name, v, low=low, high=high, hint=hint) for v in items]
 
 
-def levels(name: str, value: Any, *, final_zero: bool = True) -> np.ndarray:
-    """Noise levels a sampler can move through: a 1-d array of at least two finite numbers >= 0 that fall
-    (strictly, except that the last may be 0)."""
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise WrongType(f"{name} must be a 1-d array of noise levels, not {_kind(value)} {_shown(value)}.",
-                        argument=name) from None
-    if arr.ndim != 1 or arr.size < 2:
-        raise InvalidArgument(f"{name} must be a 1-d array of at least two noise levels (high to low), not shape "
-                              f"{arr.shape}.", argument=name)
-    if not np.isfinite(arr).all() or (arr < 0).any():
-        raise InvalidArgument(f"{name} must hold finite noise levels >= 0; it holds {_shown(arr)}.", argument=name)
-    if not (np.diff(arr) < 0).all():
-        raise InvalidArgument(f"{name} must fall from high noise to low at every step; it holds {_shown(arr)}.",
-                              argument=name)
-    return arr
+def executor(name: str, value: Any) -> Any:
+    """None, or something to submit work to: a dask.distributed.Client or a concurrent.futures.Executor."""
+    if value is None or callable(getattr(value, "submit", None)):
+        return value
+    raise WrongType(f"{name} must be a dask.distributed.Client or a concurrent.futures.Executor (or None), not "
+                    f"{_kind(value)}.", argument=name)
 
 
 def latents(name: str, value: Any, *, channels: int | None = None, size: tuple[int, int] | None = None):

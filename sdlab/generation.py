@@ -434,7 +434,6 @@ def generate(lab, prompt: str | Settings | Prepared | None = None, *, stop: thre
 
 def _parse(lab, prompt, kwargs: dict, scheduler) -> tuple[Prepared, RunOptions]:
     """generate()'s arguments as a prepared run and its options; everything checked, nothing started."""
-    checks.lab("lab", lab)
     if not (prompt is None or isinstance(prompt, (str, Settings, Prepared))):
         raise WrongType(f"prompt must be a string (or sdlab.Settings), not {type(prompt).__name__} {prompt!r:.60}.",
                         argument="prompt")

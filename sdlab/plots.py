@@ -174,12 +174,13 @@ def plot_plan(scheduler, n: int, *, formula: bool = True, model=None, y: str = "
     checks.choice("y", y, Y_AXES)
     if label is not None:
         checks.text("label", label)
+    n = checks.whole("n", n, low=1, high=checks.MAX_STEPS)
     try:
         p = scheduler_plan(scheduler, n)
-    except SdlabError as exc:
-        if exc.argument == "steps":
-            raise InvalidArgument(str(exc).replace("steps", "n", 1), argument="n") from None
-        raise
+    except SdlabError as exc:  # (a step count the scheduler class itself refuses: plan calls it steps)
+        if exc.argument != "steps":
+            raise
+        raise InvalidArgument(f"n={n}: {exc}", argument="n") from None
     recipe = p.recipe
     training, _ = _training(model if model is not None else scheduler)
     fig, ax = _axes(ax)
