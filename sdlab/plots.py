@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from . import checks
 from .errors import InvalidArgument, MissingDependency, SdlabError, WrongType
@@ -25,6 +27,62 @@ from .plans import plan as scheduler_plan
 DEFAULT_SCHEDULES = ("uniform", "karras", "exponential", "polyexponential", "sgm_uniform", "kl_optimal",
                      "align_your_steps", "beta")
 Y_AXES = ("sigma", "log_sigma", "timestep", "snr", "log_snr")
+
+
+# -- presentation scale: big enough to project ------------------------------------------------------------
+# matplotlib resolves a text's size ("small", 10) when the text is made, from rcParams; so the scale is
+# set there, for every figure made afterwards (sdlab's and the notebooks' own), and the Studio reads it.
+_SCALED = {"font.size": 1, "lines.linewidth": 1, "lines.markersize": 1, "axes.linewidth": 1,
+           "grid.linewidth": 1, "xtick.major.width": 1, "ytick.major.width": 1, "xtick.major.size": 1,
+           "ytick.major.size": 1, "legend.handlelength": 0}
+_presentation = {"scale": 1.0}
+
+
+class Presentation:
+    """What ``presentation()`` returns: the scale now in effect; as a context manager it restores the
+    previous scale on exit."""
+
+    def __init__(self, scale: float, previous: float):
+        self.scale, self.previous = scale, previous
+
+    def __enter__(self) -> "Presentation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _set_scale(self.previous)
+
+    def __repr__(self) -> str:
+        return f"Presentation(scale={self.scale:g}): plots and the Studio are drawn {self.scale:g}x larger"
+
+
+def _set_scale(scale: float) -> None:
+    defaults = matplotlib.rcParamsDefault
+    for key, scaled in _SCALED.items():
+        if scaled:
+            matplotlib.rcParams[key] = defaults[key] * scale
+    _presentation["scale"] = scale
+
+
+def presentation(scale: float = 1.6) -> Presentation:
+    """Draw every plot made from now on (sdlab's and your own matplotlib figures) and every Studio built
+    from now on with text and lines ``scale`` times larger, for a projector: ``plots.presentation()`` in a
+    notebook's first cell, ``plots.presentation(1)`` back to normal, or ``with plots.presentation(2): ...``
+    for one cell. Figures keep their size in inches, so the text takes more of each figure."""
+    scale = checks.number("scale", scale, low=0.5, high=4, hint=" It multiplies text and line sizes; 1 is normal.")
+    previous = _presentation["scale"]
+    _set_scale(scale)
+    return Presentation(scale, previous)
+
+
+def presentation_scale() -> float:
+    """The scale ``presentation()`` set (1.0 unless it was called)."""
+    return _presentation["scale"]
+
+
+def _integer_steps(*axes) -> None:
+    """Step and UNet-call axes count whole steps: no 2.5 or 7.5 ticks."""
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 @dataclass
@@ -157,6 +215,8 @@ def plot_schedules(names: Sequence[str] = DEFAULT_SCHEDULES, n: int = 20, model=
         label = S.schedule_label(name)
         (lines[name],) = ax.plot(xs, _y(values, y, training), marker=".", label=label)
     ax.set_xlabel("step" if x == "step" else "normalised time (step / n)")
+    if x == "step":
+        _integer_steps(ax)
     ax.set_ylabel(_Y_LABEL[y])
     if y == "sigma":
         ax.set_yscale("log" if not keep_final else "linear")
@@ -194,6 +254,7 @@ def plot_plan(scheduler, n: int, *, formula: bool = True, model=None, y: str = "
         (artists["formula"],) = ax.plot(np.arange(len(keep_f)), _y(keep_f, y, training), "-",
                                         label=f"{recipe.schedule_label} formula (A1111's levels for {recipe.sampler})")
     ax.set_xlabel("step")
+    _integer_steps(ax)
     ax.set_ylabel(_Y_LABEL[y])
     ax.set_title(f"{n} steps, {p.nfe} UNet calls")
     ax.legend(fontsize="small")
@@ -245,6 +306,7 @@ def plot_run(run: Run, axes=None) -> Drawn:
     axes[2].legend(fontsize="small")
     for ax in axes:
         ax.grid(alpha=0.3)
+    _integer_steps(*axes)
     fig.suptitle(f"{run.scheduler_report.get('sampler')} / {run.scheduler_report.get('schedule')}, "
                  f"{run.settings.steps} steps, NFE {run.nfe}")
     return Drawn(fig, list(axes), a)
@@ -308,6 +370,22 @@ def step_grid(runs: Sequence[Run] | Sweep, steps: Sequence[int] | int = 6, *, ta
     return Drawn(fig, list(axes.ravel()), {"images": images, "steps": cols, "labels": labels})
 
 
+def _value_text(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _cell_detail(result: Sweep, i: int, j: int, run: Run) -> str:
+    """What a cell ran that its column and row headers do not already say: the resolved sampler, the
+    schedule and the UNet calls, minus any of them a header shows."""
+    rep = run.scheduler_report
+    shown = {_value_text(result.x_values[j]).casefold()}
+    if result.y is not None:
+        shown.add(_value_text(result.y_values[i]).casefold())
+    parts = [str(rep.get("sampler")), S.schedule_label(rep.get("schedule"))]
+    parts = [p for p in parts if p.casefold() not in shown]
+    return " / ".join(parts + [f"NFE {run.nfe}"]) if parts else f"NFE {run.nfe}"
+
+
 def xy_plot(result: Sweep, *, cell: float = 2.0, vae=None, target: str = "image") -> Drawn:
     """A1111's X/Y plot: final images of a sweep; each cell says the sampler, schedule and NFE it used."""
     if not isinstance(result, Sweep):
@@ -334,9 +412,11 @@ def xy_plot(result: Sweep, *, cell: float = 2.0, vae=None, target: str = "image"
                 images[i][j] = ax.imshow(img)
                 rep = run.scheduler_report
                 titles[i][j] = f"{rep['sampler']} / {rep['schedule']}, NFE {run.nfe}"
-                ax.set_title(f"{result.x}={result.x_values[j]}\n{titles[i][j]}", fontsize="x-small")
+                ax.set_xlabel(_cell_detail(result, i, j, run), fontsize="small")
+            if i == 0:
+                ax.set_title(f"{result.x} = {_value_text(result.x_values[j])}", fontsize="medium")
             if j == 0 and result.y is not None:
-                ax.set_ylabel(f"{result.y}={result.y_values[i]}", fontsize="small")
+                ax.set_ylabel(f"{result.y} = {_value_text(result.y_values[i])}", fontsize="medium")
     return Drawn(fig, list(axes.ravel()), {"images": images, "titles": titles})
 
 
@@ -363,7 +443,7 @@ def plot_accuracy(result, ax=None) -> Drawn:
     ax.set_xlabel("NFE (UNet calls)")
     ax.set_ylabel("error at the last noise level / sigma")
     ax.set_title(f"error against the probability-flow ODE (reference error <= {result.reference_error:.0e})")
-    ax.legend(fontsize="x-small")
+    ax.legend(fontsize="small")
     ax.grid(alpha=0.3, which="both")
     return Drawn(fig, [ax], lines)
 

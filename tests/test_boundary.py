@@ -207,6 +207,8 @@ CALLS = [
          lambda w: dict(run=w.run, path=w.tmp / "run.gif", target="x0", fps=6, size=32, vae=None)),
     Call("plots.png_bytes", lambda w, **k: plots.png_bytes(**k), lambda w: dict(figure=_a_figure(), dpi=20), cleanup=_figure),
     Call("plots.show", lambda w, **k: plots.show(**k), lambda w: dict(figure=_a_figure()), cleanup=_figure),
+    Call("plots.presentation", lambda w, **k: plots.presentation(**k).__exit__(), lambda w: dict(scale=1.5)),
+    Call("plots.presentation_scale", lambda w, **k: plots.presentation_scale(**k), lambda w: dict()),
     Call("toy.dataset", lambda w, **k: sdlab.toy.dataset(**k), lambda w: dict(width=64, height=64)),
     Call("toy.Dataset.nearest", lambda w, **k: sdlab.toy.dataset(64, 64).nearest(**k),
          lambda w: dict(latents=sdlab.toy.dataset(64, 64).latents[:1])),
@@ -229,7 +231,7 @@ NOT_WALKED = {
     "Sampler": "catalog data", "Sweep": "made by sweep", "Accuracy": "made by sampler_accuracy",
     "Job": "made by generate_async", "Lab": "made by load", "Recipe": "made by Recipe.resolve",
     "TrainingSchedule": "made by its classmethods", "toy": "a module", "DEFAULT_MODEL": "a constant",
-    "__version__": "a constant", "toy.Dataset": "made by toy.dataset", "plots.Drawn": "a result",
+    "__version__": "a constant", "toy.Dataset": "made by toy.dataset", "plots.Drawn": "a result", "plots.Presentation": "a result",
     # sdlab's scheduler classes are diffusers schedulers: diffusers' own constructor checks hold them
     **{name: "a diffusers scheduler class" for name in sdlab.__all__ if name.startswith("Sdlab")},
 }

@@ -115,4 +115,20 @@ def test_cfg_sweep(lab):
     drawn = plots.cfg_sweep(lab, [1.0, 5.0, 9.0], prompt="x", seed=4, steps=3, sampler="Euler")
     sweep = drawn.artists["sweep"]
     assert sweep.shape == (1, 3) and [r.settings.cfg for r in sweep.runs[0]] == [1.0, 5.0, 9.0]
-    assert [ax.get_title().split("\n")[0] for ax in drawn.axes] == ["cfg=1.0", "cfg=5.0", "cfg=9.0"]
+    assert [ax.get_title() for ax in drawn.axes] == ["cfg = 1", "cfg = 5", "cfg = 9"]
+    # each cell says only what its header does not: the sampler and schedule it resolved to, and its NFE
+    assert {ax.get_xlabel() for ax in drawn.axes} == {"Euler / Uniform / NFE 3"}
+
+
+def test_presentation_scale_enlarges_text_and_restores():
+    base = plots.plot_schedules(["karras"], n=5).ax.title.get_fontsize()
+    with plots.presentation(2.0) as p:
+        assert plots.presentation_scale() == p.scale == 2.0
+        assert plots.plot_schedules(["karras"], n=5).ax.title.get_fontsize() == 2 * base
+    assert plots.presentation_scale() == 1.0
+    assert plots.plot_schedules(["karras"], n=5).ax.title.get_fontsize() == base
+
+
+def test_step_axes_have_whole_ticks(lab):
+    drawn = plots.plot_schedules(["karras"], n=3)      # matplotlib alone ticks 0.5, 1.5, 2.5 here
+    assert all(float(t).is_integer() for t in drawn.ax.get_xticks())
