@@ -54,6 +54,17 @@ class AccuracyRow:
     sigma_end: float  # the last nonzero noise level, where ``error`` is measured
     seconds: float
 
+    @property
+    def same_picture(self) -> bool:
+        """Whether the run's final latents are the reference's (on the teaching model: the same one of its
+        pictures). The exact denoiser's last step snaps towards one picture, so final_error is either a
+        residue of the snap to the same picture or the distance to another one, and two of the teaching
+        model's 432 pictures are at least 0.092 of a picture's RMS apart (measured over its dataset)."""
+        return self.final_error < SAME_PICTURE
+
+
+SAME_PICTURE = 0.046  # half the smallest distance between two teaching-model pictures (see same_picture)
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -74,7 +85,8 @@ class Accuracy:
     references: list[Reference]
     skipped: dict[tuple[str, str], str] = field(default_factory=dict)
     settings: Settings | None = None
-    errors: dict[tuple[str, str, int], str] = field(default_factory=dict)  # cells that failed on an executor
+    errors: dict[tuple[str, str, int], str] = field(default_factory=dict)  # cells that failed (their error)
+    exact: bool = False  # measured on an exact denoiser (the teaching model): final pictures are same or other
 
     def lines(self) -> dict[tuple[str, str], list[AccuracyRow]]:
         """Rows grouped by (sampler, schedule), in order of NFE."""
@@ -100,9 +112,16 @@ class Accuracy:
             raise InvalidArgument(f"Fewer than two resolved rows for {spec.name} / {concrete}; measure more step counts.")
         return float(np.polyfit(np.log([r.nfe for r in rows]), np.log([r.error for r in rows]), 1)[0])
 
+    def _final(self, row: AccuracyRow) -> str:
+        """The ``final`` column: on an exact denoiser whether the run drew the reference's picture ("same")
+        or another ("other"); on a trained model the relative distance of the final latents."""
+        if self.exact:
+            return "same" if row.same_picture else "other"
+        return f"{row.final_error:.2e}"
+
     def __repr__(self) -> str:
         head = f"{'sampler':12s} {'schedule':13s} {'steps':>5s} {'NFE':>5s} {'error':>10s} {'final':>9s}"
-        lines = [head] + [f"{r.sampler:12s} {r.schedule:13s} {r.steps:5d} {r.nfe:5d} {r.error:10.3e} {r.final_error:9.2e}"
+        lines = [head] + [f"{r.sampler:12s} {r.schedule:13s} {r.steps:5d} {r.nfe:5d} {r.error:10.3e} {self._final(r):>9s}"
                           for rows in self.lines().values() for r in rows]
         lines.append(f"reference error <= {self.reference_error:.1e} ({self.references[0].method if self.references else '-'})")
         lines += [f"skipped {a} / {b}: {why}" for (a, b), why in self.skipped.items()]
@@ -165,35 +184,36 @@ def sampler_accuracy(lab, samplers: Sequence[str] = ("Euler", "Heun", "DPM++ 2M"
         raise InvalidArgument(f"Nothing to measure: every combination was skipped ({'; '.join(skipped.values())}).")
     denoiser = Denoiser(lab, prompt, negative_prompt, cfg)
     references: dict[tuple, tuple[torch.Tensor, Reference]] = {}
-    rows, errors = [], {}
+    measured: dict[int, AccuracyRow] = {}
+    keys: dict[int, tuple] = {}  # which reference each row was measured against
+    errors = {}
+    from . import distributed
+
+    def deliver(k, value):  # measured as it comes, so the one progress bar counts the reference solves too
+        if isinstance(value, distributed.CellError):
+            s = cells[k].settings
+            errors[(s.sampler, s.schedule, s.steps)] = str(value)
+        else:
+            measured[k], keys[k] = _measure(lab, value, value.seconds, denoiser, references, reference_steps)
+
+    options = {"record_dtype": torch.float32}
     if executor is None:
-        for cell in cells:
-            t0 = time.perf_counter()
-            run = lab.generate(cell, record_dtype=torch.float32)
-            rows.append(_measure(lab, run, time.perf_counter() - t0, denoiser, references, reference_steps))
+        distributed.run_here(lab, dict(enumerate(cells)), options, deliver, progress=progress,
+                             label="sampler accuracy")
     else:
-        from . import distributed
-
-        runs: dict[int, Run] = {}
-
-        def deliver(k, value):
-            if isinstance(value, distributed.CellError):
-                s = cells[k].settings
-                errors[(s.sampler, s.schedule, s.steps)] = str(value)
-            else:
-                runs[k] = value
-
         distributed.check_workers(executor, lab)
-        tasks = {k: (distributed.run_cell, lab, cell.settings, {"record_dtype": torch.float32}, True)
-                 for k, cell in enumerate(cells)}
+        tasks = {k: (distributed.run_cell, lab, cell.settings, options, True) for k, cell in enumerate(cells)}
         distributed.collect(executor, tasks, deliver, progress=progress, label="sampler accuracy")
-        for k in sorted(runs):  # in the order asked for, whatever order they came back in
-            rows.append(_measure(lab, runs[k], runs[k].seconds, denoiser, references, reference_steps))
-    return Accuracy(rows=rows, references=[ref for _, ref in references.values()], skipped=skipped, settings=base,
-                    errors=errors)
+    rows = [measured[k] for k in sorted(measured)]  # in the order asked for, whatever order they came back in
+    first_use: dict[tuple, int] = {}
+    for k in sorted(keys):
+        first_use.setdefault(keys[k], k)
+    return Accuracy(rows=rows, references=[references[key][1] for key in sorted(references, key=first_use.get)],
+                    skipped=skipped, settings=base, errors=errors, exact=denoiser.exact)
 
 
-def _measure(lab, run: Run, seconds: float, denoiser: Denoiser, references: dict, reference_steps: int) -> AccuracyRow:
+def _measure(lab, run: Run, seconds: float, denoiser: Denoiser, references: dict,
+             reference_steps: int) -> tuple[AccuracyRow, tuple]:
     cell = run.settings
     ve = run.plan.variance_exploding
     levels = run.plan.sigmas
@@ -214,7 +234,7 @@ def _measure(lab, run: Run, seconds: float, denoiser: Denoiser, references: dict
     final = C.sample_as_ve(run.final_latents.double(), sigma_end, ve or levels[-1] == 0)
     return AccuracyRow(sampler=cell.sampler, schedule=cell.schedule, steps=cell.steps, nfe=run.nfe, error=error,
                        final_error=_rms(final - final_ref) / max(_rms(final_ref), 1e-30), sigma_end=sigma_end,
-                       seconds=seconds)
+                       seconds=seconds), key
 
 
 def _rms(t: torch.Tensor) -> float:

@@ -312,3 +312,20 @@ def test_one_predicate_says_which_model_is_the_teaching_model(toy, tiny):
     from sdlab.denoiser import Denoiser
 
     assert Denoiser(toy).exact and not Denoiser(tiny).exact
+
+
+def test_the_final_column_says_whether_the_run_drew_the_references_picture(toy):
+    # at this seed, 5 steps of DPM++ 2M on Uniform overshoot and land on another picture; 40 steps draw the
+    # picture a 160-step UniPC run draws. Checked independently, by nearest picture. (64 px: a quick solve.)
+    kw = dict(prompt="a red circle", seed=3, width=64, height=64)
+    study = sdlab.sampler_accuracy(toy, ["DPM++ 2M"], ["uniform"], [5, 40], progress=False, **kw)
+    ds = sdlab.toy.dataset(64, 64)
+    truth = ds.nearest(toy.generate(sampler="UniPC", schedule="uniform", steps=160, **kw).final_latents[0])[0]
+    verdicts = {}
+    for row in study.rows:
+        drawn = ds.nearest(toy.generate(sampler=row.sampler, schedule=row.schedule, steps=row.steps, **kw).final_latents[0])[0]
+        assert row.same_picture == (drawn == truth), (row, drawn, truth)
+        verdicts[row.sampler, row.steps] = row.same_picture
+    assert verdicts[("DPM++ 2M", 5)] is False and verdicts[("DPM++ 2M", 40)] is True
+    table = repr(study).splitlines()
+    assert table[0].split()[-1] == "final" and {line.split()[-1] for line in table[1:3]} == {"same", "other"}
