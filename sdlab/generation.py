@@ -39,7 +39,7 @@ from . import conventions as C
 from . import noise_schedules as S
 from . import sampler_catalog as catalog
 from .denoiser import guidance_applies
-from .notices import notice, warn
+from .notices import notice, said_already, warn
 from .previews import DECODERS, TARGETS, Previewer, latent_channels, load_taesd
 from .prompts import prompt_problems
 from .records import Run, StepEvent, StepRecord, record_tensor
@@ -544,6 +544,7 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
         t0 = time.perf_counter()
         tap = _Tap(lab, run, scheduler, options, previewer, stop)
         try:
+            said_already.depth += 1  # (the prompt's truncation was said above: diffusers' own line is dropped)
             with tap, torch.inference_mode():
                 out = pipe(**pipe_kwargs(lab, settings), output_type="np", callback_on_step_end=tap.callback,
                            callback_on_step_end_tensor_inputs=["latents"])
@@ -567,6 +568,7 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
             _keep_partial(run, tap, exc)
             raise
         finally:
+            said_already.depth -= 1
             pipe._interrupt = False
             pipe.scheduler = installed
         tap.finish()

@@ -46,6 +46,12 @@ def _toy_description() -> str:
     return describe()
 
 
+def _toy_size() -> int:
+    from .toy import attributes
+
+    return len(attributes())
+
+
 def _toy_notice() -> str:
     return f"sdlab: using {_toy_description()}"
 
@@ -83,7 +89,11 @@ class LoadError(SdlabError, ValueError):
 
 
 class ModelNotAvailable(LoadError):
-    """The model is neither cached locally nor downloadable right now."""
+    """The model is neither cached locally nor downloadable right now. ``why``: that reason in a few words."""
+
+    def __init__(self, *args, why: str = "it is not cached and cannot be downloaded", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.why = why
 
 
 class UnsafeCheckpointError(LoadError):
@@ -380,8 +390,9 @@ def load(model: str | os.PathLike | None = None, *, device: str = "auto", dtype:
         try:
             return _load_source(requested, dev, dt, variant, allow_pickle, offline, pipeline_kwargs)
         except ModelNotAvailable as exc:
-            notice(f"sdlab: the default model {requested!r} is not available ({exc}). Falling back to "
-                   f"{_toy_description()}", stacklevel=3)
+            notice(f"sdlab: using the built-in teaching model (\"toy\") because {requested} is not available "
+                   f"here: {exc.why}. It draws only its own {_toy_size()} pictures of shapes; see sdlab.toy.vocabulary() "
+                   "for the words it knows, and the README for loading Stable Diffusion.", stacklevel=3)
             lab = _load_source(TOY, dev, dt, None, False, offline, {}, announce=False)
             lab.requested = requested
             return lab
@@ -621,13 +632,42 @@ def _load_pipeline(kind: SourceKind, source: str, dt: torch.dtype, variant: str 
     how = (f"fetch it where there is internet with `hf download {source}` (huggingface_hub's CLI), "
            "or pass a local diffusers folder or .safetensors file")
     if offline:
-        raise ModelNotAvailable(f"{source!r} is not in the local Hugging Face cache and sdlab is offline; {how}.") \
+        raise ModelNotAvailable(f"{source!r} is not in the local Hugging Face cache and sdlab is offline; {how}.",
+                                why="it is not in this machine's Hugging Face cache and sdlab is offline") \
             from cached_error
+    if not hub_reachable():
+        raise ModelNotAvailable(f"{source!r} is not in the local Hugging Face cache and the hub cannot be reached; "
+                                f"{how}.", why="it is not in this machine's Hugging Face cache and there is no "
+                                               "connection to the Hugging Face hub") from cached_error
     try:
         return DiffusionPipeline.from_pretrained(source, **common)
     except OSError as exc:
-        raise ModelNotAvailable(f"{source!r} is not cached and could not be downloaded ({_first_line(exc)}); {how}.") \
-            from exc
+        raise ModelNotAvailable(f"{source!r} is not cached and could not be downloaded ({_first_line(exc)}); {how}.",
+                                why="it is not cached and could not be downloaded") from exc
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether a connection to the Hugging Face hub ($HF_ENDPOINT, else huggingface.co) opens within
+    ``timeout`` seconds. Asked before a download is tried, so that an offline classroom gets the teaching
+    model at once and no "Couldn't connect to the Hub" block (name resolution can hang: it runs in a thread)."""
+    from urllib.parse import urlparse
+    import socket
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    answer: list[bool] = []
+
+    def attempt():
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    worker = threading.Thread(target=attempt, daemon=True, name="sdlab-hub-check")
+    worker.start()
+    worker.join(timeout + 0.5)
+    return bool(answer and answer[0])
 
 
 def _check_model_index(index: Path) -> None:

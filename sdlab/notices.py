@@ -3,10 +3,18 @@
 Two warning classes, so that users (and the test suite) can filter them apart:
 ``SdlabNotice`` is an expected, visible message (a fallback to the built-in model, a throttled
 preview); ``SdlabWarning`` means something is probably wrong and the user should act.
+
+They stay Python warnings (``warnings.simplefilter("ignore", sdlab.SdlabNotice)`` silences them, and
+``pytest.warns`` sees them), but they are shown as what they are, sentences: a notice on standard output,
+a warning on standard error, neither with the file, line and source line Python's warnings print, and
+each notice once per session (the same sentence from the next run says nothing new; a run keeps its
+own in ``run.problems``).
 """
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 import warnings
 
 
@@ -18,12 +26,47 @@ class SdlabWarning(UserWarning):
     """Something that is probably wrong; the message says what to do."""
 
 
+_SAID: set[str] = set()  # the notices already shown in this session
+_SAID_LOCK = threading.Lock()
+
+
 def notice(message: str, *, stacklevel: int = 3) -> None:
+    """Say ``message`` once in this session (``forget_notices()`` lets it be said again)."""
+    with _SAID_LOCK:
+        if message in _SAID:
+            return
+        _SAID.add(message)
     warnings.warn(message, SdlabNotice, stacklevel=stacklevel)
+
+
+def forget_notices() -> None:
+    """Let every notice be shown again (each is shown once per session)."""
+    with _SAID_LOCK:
+        _SAID.clear()
 
 
 def warn(message: str, *, stacklevel: int = 3) -> None:
     warnings.warn(message, SdlabWarning, stacklevel=stacklevel)
+
+
+_python_showwarning = warnings.showwarning  # (replaced below by whatever showwarning was in place)
+
+
+def _showwarning(message, category, filename, lineno, file=None, line=None):
+    """sdlab's notices and warnings as plain sentences; every other warning as Python shows it."""
+    if file is None and isinstance(category, type) and issubclass(category, (SdlabNotice, SdlabWarning)):
+        stream = sys.stdout if issubclass(category, SdlabNotice) else sys.stderr
+        try:
+            stream.write(f"{message}\n")
+        except (OSError, ValueError, AttributeError):  # a closed or missing stream: nowhere to say it
+            pass
+        return
+    _python_showwarning(message, category, filename, lineno, file, line)
+
+
+if getattr(warnings.showwarning, "__module__", None) != __name__:
+    _python_showwarning = warnings.showwarning
+    warnings.showwarning = _showwarning
 
 
 class _TorchvisionFallbackFilter(logging.Filter):
@@ -36,3 +79,30 @@ class _TorchvisionFallbackFilter(logging.Filter):
 
 
 logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackFilter())
+
+
+class _SaidAlready(threading.local):
+    """Set while sdlab runs a pipeline in this thread (generation's ``_run``)."""
+
+    depth = 0
+
+
+said_already = _SaidAlready()
+
+
+class _TruncationFilter(logging.Filter):
+    """diffusers logs "The following part of your input was truncated because CLIP can only handle
+    sequences up to 77 tokens" when it cuts a prompt (pipeline_stable_diffusion.py's encode_prompt). In an
+    sdlab run that is said already, in one notice with the dropped words and what A1111 would do, so the
+    red line is dropped there; a plain ``lab.pipe(...)`` call keeps it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (said_already.depth and "was truncated because CLIP" in record.getMessage())
+
+
+_truncation = _TruncationFilter()
+for _name in ("stable_diffusion.pipeline_stable_diffusion", "stable_diffusion.pipeline_stable_diffusion_img2img",
+              "stable_diffusion.pipeline_stable_diffusion_inpaint", "stable_diffusion_xl.pipeline_stable_diffusion_xl",
+              "stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img",
+              "stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint"):
+    logging.getLogger(f"diffusers.pipelines.{_name}").addFilter(_truncation)

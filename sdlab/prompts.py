@@ -41,11 +41,13 @@ def prompt_problems(lab, prompt: str, negative_prompt: str = "") -> list[str]:
     from .toy import is_teaching_model
 
     if is_teaching_model(lab):
-        from .toy.data import unknown_words, vocabulary
+        from .toy.data import unknown_words
 
         for field, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
             words = unknown_words(text)
             if words:
-                problems.append(f"The toy model does not know {', '.join(map(repr, words))} (in the {field}); "
-                                f"it ignores them. Words it knows: {', '.join(vocabulary())}.")
+                which = f"the word {words[0]!r}" if len(words) == 1 else f"the words {', '.join(map(repr, words))}"
+                problems.append(f"The teaching model does not know {which} in the {field}, so it draws as if "
+                                f"{'it were' if len(words) == 1 else 'they were'} not there "
+                                "(sdlab.toy.vocabulary() lists the words it knows).")
     return problems

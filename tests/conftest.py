@@ -20,6 +20,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(no_cuda)
 
 
+@pytest.fixture(autouse=True)
+def _every_notice_said_afresh():
+    """sdlab says each notice once per session; each test is a session of its own in that respect."""
+    sdlab.notices.forget_notices()
+
+
 @pytest.fixture
 def tiny() -> sdlab.Lab:
     """The built-in tiny model (resident across tests; cheap to rebuild if a test unloaded it)."""

@@ -136,15 +136,16 @@ def test_least_recently_used_is_unloaded_beyond_the_limit(clean_registry):
 
 def test_default_model_falls_back_to_the_teaching_model_with_a_notice(clean_registry, monkeypatch):
     monkeypatch.setenv("SDLAB_MODEL", "sdlab-tests/never-cached-model")
-    with pytest.warns(sdlab.SdlabNotice, match="never-cached-model.*Falling back to the built-in teaching model.*"
-                                               "can only draw its own pictures"):
+    with pytest.warns(sdlab.SdlabNotice, match=r'using the built-in teaching model \("toy"\) because '
+                                               "sdlab-tests/never-cached-model is not available here: it is not in "
+                                               "this machine's Hugging Face cache and sdlab is offline"):
         lab = sdlab.load()
     assert lab.is_toy and lab.family == "toy" and lab.requested == "sdlab-tests/never-cached-model"
 
 
 def test_default_model_id_is_used_when_no_env(clean_registry, monkeypatch):
     monkeypatch.delenv("SDLAB_MODEL", raising=False)
-    with pytest.warns(sdlab.SdlabNotice, match="Falling back"):
+    with pytest.warns(sdlab.SdlabNotice, match="using the built-in teaching model"):
         lab = sdlab.load(offline=True)
     assert lab.requested == sdlab.DEFAULT_MODEL
 

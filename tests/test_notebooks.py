@@ -1,7 +1,10 @@
-"""Every notebook runs top to bottom, offline, on whatever model sdlab picks (the tiny one here).
+"""Every notebook runs top to bottom as a classroom runs it: offline (no model in the cache, the hub
+unreachable), on the teaching model sdlab then picks.
 
 Each notebook checks its own figures and results with asserts in its cells, so a notebook that runs
-but draws the wrong thing fails here too.
+but draws the wrong thing fails here too. What the class sees is checked as well: no cell writes to
+stderr (no warning with its file and line, no stack of progress bars, no "Couldn't connect to the Hub"),
+and the first cell says in one sentence which model is used and why.
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ def test_there_are_notebooks():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)          # a classroom does not set it:
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")      # the hub cannot be reached,
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))     # and nothing is cached
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.delenv("SDLAB_MODEL", raising=False)
     monkeypatch.setenv("SDLAB_OUTPUT_DIR", str(tmp_path))
@@ -32,3 +37,10 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    stderr = [(k, o.text) for k, c in enumerate(code) for o in c.outputs
+              if o.output_type == "stream" and o.name == "stderr"]
+    assert not stderr, f"{path.name}: cells write to stderr: {stderr}"
+    first = "".join(o.text for o in code[0].outputs if o.output_type == "stream")
+    assert first.startswith('sdlab: using the built-in teaching model ("toy") because') and \
+        "no connection to the Hugging Face hub" in first and first.count("\n") == 1, first

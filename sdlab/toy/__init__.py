@@ -47,9 +47,9 @@ def build_toy_pipeline(dtype=None, prediction_type: str = "epsilon"):
 
 
 def describe() -> str:
-    """What the toy model is, in two sentences, and the words it knows (used in its load notice)."""
+    """What the toy model is and the words it knows, in two sentences (its load notice)."""
     n = len(attributes())
     groups = " x ".join(f"{len(v)} {k}s" if k != "colour" else f"{len(v)} colours" for k, v in GROUPS.items())
-    return (f"the built-in teaching model: an exact denoiser over {n} procedurally drawn pictures ({groups}). "
-            "It can only draw its own pictures (it memorises them exactly, as the exact denoiser of any finite "
-            f"data set does). Words it knows: {', '.join(vocabulary())}.")
+    words = "; ".join(", ".join(v) for v in GROUPS.values())
+    return (f"the built-in teaching model (\"toy\"), an exact denoiser that draws only its own {n} pictures "
+            f"({groups}). Words it knows: {words} (and a few synonyms: sdlab.toy.vocabulary()).")
