@@ -32,11 +32,13 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	$(PIP) $(TORCH)
 	$(PIP) -e '.[test]'
 	$(PIP) --no-deps $(KDIFFUSION)
-	$(PY) -m ipykernel install --sys-prefix --name sdlab --display-name "Python (sdlab)"
+	@# the venv's own "Python 3 (ipykernel)" is sdlab's kernel: one entry in the launcher, not two
+	rm -rf $(VENV)/share/jupyter/kernels/sdlab
 	touch $(STAMP)
 
 setup: $(STAMP)
 
+# Only for a JupyterLab of your own, outside .venv: register sdlab's environment there as "Python (sdlab)".
 kernel: $(STAMP)
 	$(PY) -m ipykernel install --user --name sdlab --display-name "Python (sdlab)"
 

@@ -372,7 +372,7 @@ class _Tap:
                          timestep=timestep, sigma=sigma, nfe=i + 1,
                          latents=self.host(latents) if record else None, x0=self.host(self.x0) if record else None,
                          noise_uncond=noise[0], noise_cond=noise[1], seconds=seconds,
-                         xt_scale=C.xt_scale(sigma, plan.variance_exploding))
+                         xt_scale=C.xt_scale(sigma, plan.variance_exploding), family=run.family)
         run.records.append(rec)
         preview = channels = None
         if self.previewer is not None:
@@ -533,7 +533,8 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
         # what will differ from the tool whose names the user typed (the plan's notes) or whose infotext
         # is regenerated, and prompt words the model cannot read: said before the first step, kept with the run
         for problem in (*run.plan.notes, *a1111.differences(settings, prepared.sampler, lab.source),
-                        *prompt_problems(lab, settings.prompt, settings.negative_prompt)):
+                        *prompt_problems(lab, settings.prompt, settings.negative_prompt),
+                        *_size_notes(lab, settings)):
             run.problems.append(problem)
             notice(f"sdlab: {problem}", stacklevel=4)
         if started is not None:
@@ -583,6 +584,13 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
         return run
     finally:
         lab._lock.release()
+
+
+def _size_notes(lab, settings: Settings) -> list[str]:
+    from .toy import is_teaching_model, size_note
+
+    note = size_note(settings.width, settings.height) if is_teaching_model(lab) else None
+    return [note] if note else []
 
 
 def _keep_partial(run: Run, tap: "_Tap", error: BaseException) -> None:

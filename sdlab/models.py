@@ -34,6 +34,29 @@ Family = Literal["sd1", "sd2", "sdxl", "toy"]
 SourceKind = Literal["tiny", "toy", "hub", "folder", "single_file"]
 
 
+class _Default:
+    """The default of a ``Lab.generate`` argument: the Settings' (or RunOptions') own value, or, when the
+    prompt is a Settings, that Settings' value."""
+
+    def __repr__(self) -> str:
+        return "default"
+
+
+DEFAULT = _Default()
+
+
+def _given(arguments: dict, aliases: dict) -> dict:
+    """The arguments a caller gave to Lab.generate (those not left at DEFAULT), aliases included."""
+    given = {k: v for k, v in arguments.items() if k not in ("self", "prompt", "aliases", "__class__")
+             and v is not DEFAULT}
+    for k in ("scheduler", "stop", "on_done"):
+        if k in given and given[k] is None:
+            del given[k]
+    if given.get("queue") is False:
+        del given["queue"]
+    return {**given, **aliases}
+
+
 def _build_toy(dtype, prediction_type="epsilon"):
     from .toy import build_toy_pipeline
 
@@ -213,17 +236,49 @@ class Lab:
             self._lock.release()
         return scheduler
 
-    def generate(self, prompt=None, **kwargs):
-        """Generate with every step recorded; see sdlab.generation.generate. Returns a Run."""
+    def generate(self, prompt: "str | Settings | None" = None, *, negative_prompt: str = DEFAULT,
+                 cfg: float = DEFAULT, sampler: str = DEFAULT, schedule: str = DEFAULT, steps: int = DEFAULT,
+                 seed: int | None = DEFAULT, width: int | None = DEFAULT, height: int | None = DEFAULT,
+                 batch_size: int = DEFAULT, eta: float | None = DEFAULT, schedule_params: dict = DEFAULT,
+                 preview: str | None = DEFAULT, preview_target: str = DEFAULT, preview_channels: bool = DEFAULT,
+                 on_step=DEFAULT, record: bool = DEFAULT, record_dtype: torch.dtype = DEFAULT, taesd=DEFAULT,
+                 scheduler=None, stop=None, queue: bool = False, **aliases) -> "Run":
+        """Generate one picture (or a batch) with every step recorded; returns a Run.
+
+        prompt: the text, or a Settings (from ``sdlab.read_settings``, a Studio, a past ``run.settings``),
+          whose fields the other arguments then change. Unless given, each argument keeps its default
+          (or the Settings' value): negative_prompt "", cfg 7.0, sampler "DPM++ 2M" (A1111 / ComfyUI names:
+          "Euler a", "DPM++ 2M SDE", "dpmpp_2m"...), schedule "automatic" ("Karras", "exponential", ...),
+          steps 20, seed None (random; the run records the seed used), width / height None (the model's
+          size), batch_size 1, eta None (the sampler's own), schedule_params {} (e.g. {"rho": 7}).
+        preview: None, "approx", "taesd" or "vae" (what on_step's events carry); preview_target "x0" or
+          "xt"; preview_channels False. on_step: called with a StepEvent after every UNet call.
+        record True / record_dtype torch.float16: keep every step's latents, x0 and noise predictions.
+        scheduler: a diffusers scheduler to run as it is, instead of sampler / schedule.
+        stop: a threading.Event that ends the run within one step. queue: wait for a run going on this
+          model instead of raising BusyError.
+        aliases: diffusers' and A1111's names (guidance_scale, num_inference_steps, cfg_scale, ...).
+        The run is the diffusers pipeline's own: its image is bit-identical to ``lab.pipe(...)`` with the
+        same arguments (see sdlab.generation.generate)."""
+        given = _given(locals(), aliases)
         from .generation import generate
 
-        return generate(self, prompt, **kwargs)
+        return generate(self, prompt, **given)
 
-    def generate_async(self, prompt=None, **kwargs):
-        """Like generate, in a worker thread; returns a Job (stop(), wait(), run)."""
+    def generate_async(self, prompt: "str | Settings | None" = None, *, negative_prompt: str = DEFAULT,
+                       cfg: float = DEFAULT, sampler: str = DEFAULT, schedule: str = DEFAULT, steps: int = DEFAULT,
+                       seed: int | None = DEFAULT, width: int | None = DEFAULT, height: int | None = DEFAULT,
+                       batch_size: int = DEFAULT, eta: float | None = DEFAULT, schedule_params: dict = DEFAULT,
+                       preview: str | None = DEFAULT, preview_target: str = DEFAULT,
+                       preview_channels: bool = DEFAULT, on_step=DEFAULT, record: bool = DEFAULT,
+                       record_dtype: torch.dtype = DEFAULT, taesd=DEFAULT, scheduler=None, on_done=None,
+                       **aliases) -> "Job":
+        """Like generate (the same arguments), in a worker thread; returns a Job at once (job.stop(),
+        job.wait(), job.run). ``on_done(job)`` is called in the worker when the run has ended."""
+        given = _given(locals(), aliases)
         from .generation import generate_async
 
-        return generate_async(self, prompt, **kwargs)
+        return generate_async(self, prompt, **given)
 
     def generator(self, seed: int) -> torch.Generator:
         """A CPU generator: the same seed gives the same initial noise on every device."""

@@ -461,9 +461,22 @@ def cfg_sweep(lab, scales: Sequence[float] = (1.0, 3.0, 7.0, 12.0, 20.0), *, y: 
     return drawn
 
 
+class Animation(type(Path())):
+    """The path animate_run wrote (a pathlib.Path), which a notebook shows as the animation itself."""
+
+    def _repr_html_(self) -> str:
+        import base64
+
+        data = base64.b64encode(self.read_bytes()).decode("ascii")
+        if self.suffix.lower() == ".mp4":
+            return (f'<video src="data:video/mp4;base64,{data}" controls autoplay loop muted '
+                    f'title="{self.name}"></video>')
+        return f'<img src="data:image/gif;base64,{data}" alt="{self.name}" title="{self.name}"/>'
+
+
 def animate_run(run: Run, path, *, target: str = "x0", fps: int = 6, size: int = 256, vae=None) -> Path:
     """An animation of a run, one frame per step: GIF with Pillow, MP4 with imageio-ffmpeg (pip install
-    'sdlab[video]')."""
+    'sdlab[video]'). Returns the file's path, which a notebook cell shows as the animation."""
     from PIL import Image
 
     run, vae = _run(run), _vae(vae)
@@ -492,4 +505,4 @@ def animate_run(run: Run, path, *, target: str = "x0", fps: int = 6, size: int =
                               "(imageio, imageio-ffmpeg); or save as .gif.") from exc
         even = [np.asarray(f.resize((max(16, f.width // 16 * 16), max(16, f.height // 16 * 16)))) for f in frames]
         imageio.mimwrite(path, even, fps=fps, codec="libx264", quality=8, macro_block_size=16)
-    return path
+    return Animation(path)

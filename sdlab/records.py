@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from .errors import InvalidArgument
+from .errors import InvalidArgument, WrongType
 
 Target = str  # "x0" (predicted clean latents) or "xt" (the sample, variance-preserving)
 
@@ -23,7 +23,8 @@ def record_tensor(target: Target, x0: torch.Tensor | None, latents: torch.Tensor
         return x0
     if target == "xt":
         return None if latents is None else latents * xt_scale
-    raise InvalidArgument(f"Unknown target {target!r}; choose 'x0' (predicted clean image) or 'xt'.")
+    raise InvalidArgument(f"Unknown target {target!r}; choose 'x0' (predicted clean image) or 'xt'.",
+                          argument="target")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class StepRecord:
     noise_cond: torch.Tensor | None  # conditional noise prediction
     seconds: float = float("nan")  # wall time of this call
     xt_scale: float = 1.0  # latents x this = the variance-preserving x_t (see record_tensor)
+    family: str = "sd1"  # the model family's latent space ("sd1", "sd2", "sdxl", "toy"): how to show the tensors
 
     @property
     def steps(self) -> int:
@@ -49,11 +51,40 @@ class StepRecord:
         return self.total_steps
 
     def view(self, target: Target = "x0") -> torch.Tensor:
-        """x0 or x_t of this call as float32 (``record_tensor``); raises if the run kept no tensors."""
+        """The tensor of x0 or x_t of this call as float32 (``record_tensor``); raises if the run kept no
+        tensors. ``picture(target)`` shows it as an image."""
         t = record_tensor(target, self.x0, self.latents, self.xt_scale)
         if t is None:
             raise InvalidArgument("This run kept no tensors (record=False); generate with record=True to look inside it.")
         return t.float()
+
+
+    def picture(self, target: Target = "x0", vae=None):
+        """x0 or x_t of this call as a PIL image: the fast approximate preview at latent resolution
+        (``previews.approx_rgb``, upscaled for the eye), or decoded with ``vae`` (e.g. ``lab.pipe.vae``)."""
+        from PIL import Image
+
+        from .previews import approx_rgb, vae_rgb
+
+        if vae is not None and not callable(getattr(vae, "decode", None)):
+            raise WrongType(f"vae must be a VAE (such as lab.pipe.vae) or None, not {type(vae).__name__}.",
+                            argument="vae")
+        t = self.view(target)
+        if vae is not None:
+            return Image.fromarray(vae_rgb(vae, t))
+        image = Image.fromarray(approx_rgb(t, self.family))
+        scale = max(1, 256 // max(image.size))
+        return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+
+    def _repr_png_(self) -> bytes | None:
+        """In a notebook a record shows its x0 picture (its tensors: ``view``)."""
+        if self.x0 is None:
+            return None
+        import io
+
+        buf = io.BytesIO()
+        self.picture("x0").save(buf, format="PNG")
+        return buf.getvalue()
 
 
 @dataclass

@@ -177,6 +177,8 @@ CALLS = [
     Call("Lab.decode", lambda w, **k: w.lab.decode(**k), lambda w: dict(latents=w.run.final_latents)),
     Call("Lab.encode", lambda w, **k: w.lab.encode(**k), lambda w: dict(images=w.run.images[0])),
     Call("Run.save", lambda w, **k: w.run.save(**k), lambda w: dict(path=w.tmp / "run.png")),
+    Call("StepRecord.view", lambda w, **k: w.run.records[-1].view(**k), lambda w: dict(target="x0")),
+    Call("StepRecord.picture", lambda w, **k: w.run.records[-1].picture(**k), lambda w: dict(target="x0", vae=None)),
     Call("Job.wait", lambda w, **k: w.lab.generate_async("x", **SMALL).wait(**k), lambda w: dict(timeout=30.0)),
     Call("sdlab.Studio", _studio,
          lambda w: dict(lab=w.lab, settings=None, max_fps=20.0, preview="approx", preview_target="x0",
@@ -231,7 +233,7 @@ NOT_WALKED = {
     "Sampler": "catalog data", "Sweep": "made by sweep", "Accuracy": "made by sampler_accuracy",
     "Job": "made by generate_async", "Lab": "made by load", "Recipe": "made by Recipe.resolve",
     "TrainingSchedule": "made by its classmethods", "toy": "a module", "DEFAULT_MODEL": "a constant",
-    "__version__": "a constant", "toy.Dataset": "made by toy.dataset", "plots.Drawn": "a result", "plots.Presentation": "a result",
+    "__version__": "a constant", "toy.Dataset": "made by toy.dataset", "plots.Drawn": "a result", "plots.Presentation": "a result", "plots.Animation": "a result (a Path)",
     # sdlab's scheduler classes are diffusers schedulers: diffusers' own constructor checks hold them
     **{name: "a diffusers scheduler class" for name in sdlab.__all__ if name.startswith("Sdlab")},
 }
@@ -270,7 +272,8 @@ def test_every_public_callable_is_walked():
     missing = {n for n in _public_names() if n not in walked and n not in NOT_WALKED
                and "sdlab." + n not in walked}
     assert not missing, f"public callables with no entry in CALLS or NOT_WALKED: {sorted(missing)}"
-    for cls, prefix in ((sdlab.Lab, "Lab"), (sdlab.Run, "Run"), (widgets.Studio, "Studio")):
+    for cls, prefix in ((sdlab.Lab, "Lab"), (sdlab.Run, "Run"), (sdlab.StepRecord, "StepRecord"),
+                        (widgets.Studio, "Studio")):
         for name, member in vars(cls).items():
             if name.startswith("_") or not callable(member) or name.startswith("on_") or name in ("show", "infotext", "close"):
                 continue

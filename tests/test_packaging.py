@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -57,3 +58,13 @@ def test_every_dependency_is_pinned_and_setup_installs_with_the_pins():
     makefile = (ROOT / "Makefile").read_text()
     installs = [line for line in makefile.splitlines() if "pip install" in line or "$(PIP)" in line]
     assert installs and all("$(PIP)" in line or "-c $(CONSTRAINTS)" in line for line in installs)
+
+
+def test_the_launcher_offers_one_kernel():
+    # `make lab` runs the venv's JupyterLab, whose own python3 kernel is sdlab's environment; setup
+    # registers no second spec there (`make kernel` is for a JupyterLab outside the venv)
+    recipe = (ROOT / "Makefile").read_text().split("$(STAMP):", 1)[1].split("\n\n", 1)[0]
+    assert "ipykernel install" not in recipe
+    kernels = Path(sys.prefix) / "share" / "jupyter" / "kernels"
+    if kernels.is_dir():
+        assert sorted(p.name for p in kernels.iterdir()) == ["python3"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pathlib import Path
 from PIL import Image
 
 import sdlab
@@ -88,8 +89,12 @@ def test_animations(lab, tmp_path):
     gif = plots.animate_run(run, tmp_path / "run.gif")
     with Image.open(gif) as img:
         assert img.n_frames == 5 and img.size[0] >= 64
+    # a notebook cell shows the animation itself: the GIF's own bytes inline
+    import base64
+    html = gif._repr_html_()
+    assert isinstance(gif, Path) and base64.b64decode(html.split("base64,")[1].split('"')[0]) == gif.read_bytes()
     mp4 = plots.animate_run(run, tmp_path / "run.mp4")
-    assert mp4.stat().st_size > 0 and mp4.read_bytes()[4:8] == b"ftyp"
+    assert mp4.stat().st_size > 0 and mp4.read_bytes()[4:8] == b"ftyp" and "<video" in mp4._repr_html_()
     with pytest.raises(ValueError, match=".gif or .mp4"):
         plots.animate_run(run, tmp_path / "run.avi")
 

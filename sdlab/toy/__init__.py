@@ -46,6 +46,20 @@ def build_toy_pipeline(dtype=None, prediction_type: str = "epsilon"):
     return build(dtype or torch.float32, prediction_type)
 
 
+NATIVE = 512  # the size the teaching model's lessons are made for
+
+
+def size_note(width: int, height: int) -> str | None:
+    """What to say when the teaching model runs above 512 x 512: its pictures are redrawn at that size from
+    noise of that size, so a seed's picture is not the 512 one scaled (positions and sizes are fractions of
+    the picture, but which picture a seed lands on is decided anew), and runs cost more for nothing new."""
+    if width <= NATIVE and height <= NATIVE:
+        return None
+    return (f"The teaching model is made for {NATIVE} x {NATIVE}; at {width} x {height} it draws the same 432 pictures "
+            f"larger, from noise of that size, so a seed lands on another picture than at {NATIVE} and each step "
+            f"costs more. Use {NATIVE} (or less) to compare with the notebooks.")
+
+
 def describe() -> str:
     """What the toy model is and the words it knows, in two sentences (its load notice)."""
     n = len(attributes())
