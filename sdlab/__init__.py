@@ -6,6 +6,7 @@ Views (build on the core): widgets, plots.
 from __future__ import annotations
 
 from .accuracy import Accuracy, sampler_accuracy
+from .denoiser import Denoiser
 from .analysis import Sweep, sweep
 from .forward_process import add_noise
 from .errors import (BusyError, GenerationError, InvalidArgument, MissingDependency, MissingFile, NotSupported,
@@ -14,7 +15,7 @@ from .previews import PreviewUnavailable
 from .generation import Job, Prepared, generate, generate_async, prepare, prepare_settings
 from .records import Run, StepEvent, StepRecord
 from .infotext import parse_infotext, read_settings
-from . import previews, toy  # noqa: F401  (sdlab.previews, sdlab.toy)
+from . import notices, previews, toy  # noqa: F401  (sdlab.notices, sdlab.previews, sdlab.toy)
 from .models import (
     DEFAULT_MODEL,
     Lab,
@@ -70,7 +71,7 @@ def __getattr__(name: str):
 __all__ = [
     "SdlabError", "InvalidArgument", "WrongType", "RunTimeout", "NotSupported", "MissingFile", "MissingDependency",
     "PreviewUnavailable", "BusyError", "GenerationError", "Job", "Prepared", "Run", "RunOptions", "Settings", "StepEvent", "StepRecord",
-    "generate", "prepare", "prepare_settings", "config_changes",
+    "generate", "prepare", "prepare_settings", "config_changes", "Denoiser",
     "generate_async", "parse_infotext", "read_settings", "Sweep", "sweep", "add_noise", "toy", "Accuracy", "sampler_accuracy",
     "DEFAULT_MODEL", "Lab", "LoadError", "ModelNotAvailable", "ModelUnloadedError", "SdlabNotice",
     "SdlabWarning", "UnsafeCheckpointError", "UnsupportedModelError", "load", "loaded", "max_resident",

@@ -230,7 +230,7 @@ def _measure(lab, run: Run, seconds: float, denoiser: Denoiser, references: dict
         references[key] = _reference(denoiser, start, float(levels[0]), sigma_end, reference_steps)
     x_ref, _ = references[key]
     error = _rms(state - x_ref) / sigma_end
-    final_ref = denoiser(x_ref, sigma_end) if levels[-1] == 0 else x_ref
+    final_ref = denoiser.x0(x_ref, sigma_end) if levels[-1] == 0 else x_ref
     final = C.sample_as_ve(run.final_latents.double(), sigma_end, ve or levels[-1] == 0)
     return AccuracyRow(sampler=cell.sampler, schedule=cell.schedule, steps=cell.steps, nfe=run.nfe, error=error,
                        final_error=_rms(final - final_ref) / max(_rms(final_ref), 1e-30), sigma_end=sigma_end,
@@ -267,7 +267,7 @@ def _dop853(denoiser: Denoiser, start: torch.Tensor, sigma_start: float, sigma_e
 
     def rhs(s, y):
         x = torch.from_numpy(y).reshape(shape)
-        return (x - denoiser(x, math.exp(s))).reshape(-1).numpy()
+        return (x - denoiser.x0(x, math.exp(s))).reshape(-1).numpy()
 
     sol = solve_ivp(rhs, (math.log(sigma_start), math.log(sigma_end)), start.reshape(-1).numpy(), method="DOP853",
                     rtol=rtol, atol=atol)
@@ -281,8 +281,8 @@ def _heun(denoiser: Denoiser, start: torch.Tensor, sigma_start: float, sigma_end
     sig = np.exp(np.linspace(math.log(sigma_start), math.log(sigma_end), steps + 1))
     x = start.double()
     for s, s_next in zip(sig[:-1], sig[1:]):
-        d = (x - denoiser(x, s)) / s
+        d = (x - denoiser.x0(x, s)) / s
         x_euler = x + (s_next - s) * d
-        d_next = (x_euler - denoiser(x_euler, s_next)) / s_next
+        d_next = (x_euler - denoiser.x0(x_euler, s_next)) / s_next
         x = x + (s_next - s) * (d + d_next) / 2
     return x

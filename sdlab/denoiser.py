@@ -7,12 +7,14 @@ eq. 7 preconditioning): the UNet sees x / sqrt(sigma^2 + 1) at the training time
 becomes x0 for its prediction type. Classifier-free guidance is combined on the model output, as the
 diffusers pipeline does, and only when the pipeline would apply it (``guidance_applies``).
 
-Used by the sampler-accuracy reference solver and to run k-diffusion's samplers on sdlab's models.
+Used by the sampler-accuracy reference solver, to run k-diffusion's samplers on sdlab's models, and to
+write a sampler by hand (notebook 5): ``D = sdlab.Denoiser(lab, prompt)``, then ``x0 = D(x, sigma)``.
 """
 from __future__ import annotations
 
 import torch
 
+from . import checks
 from .errors import NotSupported
 from . import conventions as C
 from . import noise_schedules as S
@@ -29,6 +31,9 @@ class Denoiser:
     """D(x, sigma) for SD 1.x / 2.x pipelines and the toy model (SDXL's extra conditioning is not wired)."""
 
     def __init__(self, lab, prompt: str = "", negative_prompt: str = "", cfg: float = 7.0):
+        checks.lab("lab", lab)
+        prompt, negative_prompt = checks.text("prompt", prompt), checks.text("negative_prompt", negative_prompt)
+        cfg = checks.number("cfg", cfg, low=0, high=1000)
         pipe = lab.pipe
         if type(pipe).__name__ != "StableDiffusionPipeline":
             raise NotSupported(f"The denoiser wrapper supports SD 1.x / 2.x and the toy model; this model is a "
@@ -58,6 +63,16 @@ class Denoiser:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """x0 for x (B, 4, h, w, variance-exploding) at noise level sigma (a number, or one per sample)."""
+        x = checks.latents("x", x, channels=self.unet.config.in_channels)
+        sigma = checks.reals("sigma", sigma, low=1e-10, high=1e6)
+        if sigma.size not in (1, len(x)):
+            raise checks.InvalidArgument(f"sigma must be one noise level or one per sample ({len(x)}), not "
+                                         f"{sigma.size}.", argument="sigma")
+        return self.x0(x, sigma)
+
+    @torch.no_grad()
+    def x0(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """``D(x, sigma)`` unchecked: the solvers' inner loop (sampler_accuracy), with values made there."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
         b = len(x)
         sig = sigma.expand(b) if sigma.numel() == 1 else sigma

@@ -25,7 +25,7 @@ import torch
 from . import checks
 from .errors import InvalidArgument, SdlabError, WrongType
 from . import devices
-from .notices import notice
+from .notices import mark_said, notice
 from .tiny import build_tiny_pipeline, build_tiny_sdxl_pipeline
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -526,6 +526,8 @@ class LabReference:
             raise LoadError(f"The model {self.source!r} was loaded with {', '.join(self.unsent)}=<an object>, which "
                             "cannot be sent to another process: load it there by name (a path or hub id, e.g. "
                             "config='folder'), or run this here without an executor.")
+        if self.source in BUILTINS:  # the user was told which built-in model it is; a worker need not repeat it
+            mark_said(BUILTINS[self.source].notice())
         try:
             return load(self.source, device=self.device, dtype=self.dtype, variant=self.variant,
                         allow_pickle=self.allow_pickle, **dict(self.pipeline_kwargs))

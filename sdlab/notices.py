@@ -39,6 +39,12 @@ def notice(message: str, *, stacklevel: int = 3) -> None:
     warnings.warn(message, SdlabNotice, stacklevel=stacklevel)
 
 
+def mark_said(message: str) -> None:
+    """Count ``message`` as said (where another process said it to the user already)."""
+    with _SAID_LOCK:
+        _SAID.add(message)
+
+
 def forget_notices() -> None:
     """Let every notice be shown again (each is shown once per session)."""
     with _SAID_LOCK:

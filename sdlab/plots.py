@@ -398,6 +398,7 @@ def xy_plot(result: Sweep, *, cell: float = 2.0, vae=None, target: str = "image"
     axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
     images = [[None] * cols for _ in range(rows)]
     titles = [[None] * cols for _ in range(rows)]
+    details = [[None] * cols for _ in range(rows)]
     for i in range(rows):
         for j in range(cols):
             ax, run = axes[i, j], result.runs[i][j]
@@ -412,11 +413,19 @@ def xy_plot(result: Sweep, *, cell: float = 2.0, vae=None, target: str = "image"
                 images[i][j] = ax.imshow(img)
                 rep = run.scheduler_report
                 titles[i][j] = f"{rep['sampler']} / {rep['schedule']}, NFE {run.nfe}"
-                ax.set_xlabel(_cell_detail(result, i, j, run), fontsize="small")
+                details[i][j] = _cell_detail(result, i, j, run)
             if i == 0:
                 ax.set_title(f"{result.x} = {_value_text(result.x_values[j])}", fontsize="medium")
             if j == 0 and result.y is not None:
                 ax.set_ylabel(f"{result.y} = {_value_text(result.y_values[i])}", fontsize="medium")
+    shown = {d for row in details for d in row if d is not None}
+    if len(shown) == 1:  # every cell ran the same: said once, over the grid
+        fig.suptitle(shown.pop(), fontsize="medium")
+    else:
+        for i in range(rows):
+            for j in range(cols):
+                if details[i][j] is not None:
+                    axes[i, j].set_xlabel(details[i][j], fontsize="small")
     return Drawn(fig, list(axes.ravel()), {"images": images, "titles": titles})
 
 

@@ -75,6 +75,9 @@ def test_sweep_checks_cells_and_xy_plot_labels_them(lab):
     assert all(r.settings.seed == 3 for row in sw.runs for r in row)
     drawn = plots.xy_plot(sw)
     assert drawn.artists["titles"][0][1] == "DPM++ 2M / karras, NFE 4"
+    # headers: the x values on top, the y values on the left; each cell only what differs (its schedule)
+    assert [ax.get_title() for ax in drawn.axes[:2]] == ["sampler = Euler", "sampler = DPM++ 2M"]
+    assert drawn.axes[2].get_ylabel() == "cfg = 7" and drawn.axes[1].get_xlabel() == "Karras / NFE 4"
     assert len([im for row in drawn.artists["images"] for im in row if im is not None]) == 4
     with pytest.raises(ValueError, match="The cell sampler='DDIM', schedule='karras' .x_values, y_values. cannot run"):
         sdlab.sweep(lab, x="sampler", x_values=["DDIM"], y="schedule", y_values=["karras"], steps=2)
@@ -121,8 +124,9 @@ def test_cfg_sweep(lab):
     sweep = drawn.artists["sweep"]
     assert sweep.shape == (1, 3) and [r.settings.cfg for r in sweep.runs[0]] == [1.0, 5.0, 9.0]
     assert [ax.get_title() for ax in drawn.axes] == ["cfg = 1", "cfg = 5", "cfg = 9"]
-    # each cell says only what its header does not: the sampler and schedule it resolved to, and its NFE
-    assert {ax.get_xlabel() for ax in drawn.axes} == {"Euler / Uniform / NFE 3"}
+    # what the headers do not say (the sampler and schedule it resolved to, its NFE) is the same for every
+    # cell here, so it is said once, over the grid
+    assert drawn.figure.get_suptitle() == "Euler / Uniform / NFE 3" and {ax.get_xlabel() for ax in drawn.axes} == {""}
 
 
 def test_presentation_scale_enlarges_text_and_restores():

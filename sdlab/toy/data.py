@@ -351,6 +351,29 @@ class Dataset:
             checks.choice(k, v, GROUPS[k])
         return [i for i, a in enumerate(self.attributes) if all(a[k] == v for k, v in attrs.items())]
 
+    def follows(self, latents: torch.Tensor, prompt: str, negative_prompt: str = "") -> bool:
+        """Whether the picture ``latents`` land on (the nearest one) has every attribute the prompt asks
+        for and none the negative prompt names: the teaching model's measure of prompt adherence (on
+        its own pictures it is exact; "a red circle" is followed by any red circle, wherever it is)."""
+        attrs = self.attributes[self.nearest(latents)[0]]
+        have = np.array([1.0 if attrs[g] == v else 0.0 for g, v in VALUES])
+        wanted = allowed_for(prompt)
+        if (have * wanted).sum() < len(GROUPS):  # some group's value is not one the prompt allows
+            return False
+        negative = checks.text("negative_prompt", negative_prompt)
+        named = {WORDS[w] for w in prompt_words(negative) if WORDS.get(w) and WORDS[w][0] != "position"}
+        return not any(attrs[g] == v for g, v in named)
+
+    def adherence(self, runs, prompt: str | None = None, negative_prompt: str | None = None) -> float:
+        """The fraction of ``runs`` (Runs, or a Sweep's row) whose pictures follow their prompt (``follows``);
+        prompt / negative_prompt: to judge against other words than the runs' own."""
+        runs = [r for r in runs if r is not None]
+        if not runs:
+            raise InvalidArgument("runs is empty: adherence needs at least one run.", argument="runs")
+        ok = [self.follows(r.final_latents[0], r.settings.prompt if prompt is None else prompt,
+                           r.settings.negative_prompt if negative_prompt is None else negative_prompt) for r in runs]
+        return sum(ok) / len(ok)
+
     def nearest(self, latents: torch.Tensor) -> tuple[int, float]:
         """(index, RMS distance) of the picture whose latents are nearest to ``latents`` (4 x h x w)."""
         z = checks.latents("latents", latents, channels=self.latents.shape[1], size=tuple(self.latents.shape[2:]))
