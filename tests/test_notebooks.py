@@ -8,9 +8,13 @@ and the first cell says in one sentence which model is used and why.
 """
 from __future__ import annotations
 
+import base64
+import io
+import os
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
 
@@ -44,3 +48,26 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     first = "".join(o.text for o in code[0].outputs if o.output_type == "stream")
     assert first.startswith('sdlab: using the built-in teaching model ("toy") because') and \
         "no connection to the Hugging Face hub" in first and first.count("\n") == 1, first
+    _check_key_figure(path, code)
+
+
+def _check_key_figure(path: Path, code: list) -> None:
+    """The cell tagged "key-figure" (what the lesson is about) shows a picture, and not a blank one: most of
+    its pixels are not the background, in more than a few colours. Kept in $SDLAB_SCREENSHOT_DIR if set."""
+    from PIL import Image
+
+    keys = [c for c in code if "key-figure" in c.metadata.get("tags", [])]
+    assert len(keys) == 1, f"{path.name}: tag exactly one cell 'key-figure'"
+    pngs = [o.data["image/png"] for o in keys[0].outputs if o.output_type in ("display_data", "execute_result")
+            and "image/png" in o.data]
+    assert pngs, f"{path.name}: the key figure's cell shows no picture"
+    image = Image.open(io.BytesIO(base64.b64decode(pngs[-1]))).convert("RGB")
+    pixels = np.asarray(image).reshape(-1, 3)
+    background = np.median(pixels, axis=0)
+    drawn = np.abs(pixels.astype(int) - background).sum(axis=1) > 60
+    assert image.width >= 300 and 0.02 < drawn.mean(), f"{path.name}: the key figure is (nearly) blank"
+    assert len(np.unique(pixels[drawn] // 32, axis=0)) >= 4, f"{path.name}: the key figure has too few colours"
+    folder = os.environ.get("SDLAB_SCREENSHOT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        image.save(Path(folder) / f"{path.stem}.png")
