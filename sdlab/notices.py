@@ -103,7 +103,12 @@ class _TruncationFilter(logging.Filter):
     red line is dropped there; a plain ``lab.pipe(...)`` call keeps it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (said_already.depth and "was truncated because CLIP" in record.getMessage())
+        return not (said_already.depth and any(m in record.getMessage() for m in _SAID_BY_SDLAB))
+
+
+# what diffusers and transformers log about a prompt longer than CLIP's 77 tokens (the second comes from the
+# tokenizer diffusers' encode_prompt calls without truncation to find the cut words)
+_SAID_BY_SDLAB = ("was truncated because CLIP", "Token indices sequence length is longer than the specified")
 
 
 _truncation = _TruncationFilter()
@@ -112,3 +117,4 @@ for _name in ("stable_diffusion.pipeline_stable_diffusion", "stable_diffusion.pi
               "stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img",
               "stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint"):
     logging.getLogger(f"diffusers.pipelines.{_name}").addFilter(_truncation)
+logging.getLogger("transformers.tokenization_utils_base").addFilter(_truncation)
