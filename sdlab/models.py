@@ -390,10 +390,10 @@ def _max_resident_from_env(default: int = 2) -> int:
         return int(text)
     import warnings
 
-    from .notices import SdlabNotice
+    from .notices import SdlabWarning  # a setting to fix: a warning (stderr), not a notice
 
     warnings.warn(f"sdlab: SDLAB_MAX_RESIDENT={text!r} is not a whole number >= 1 (how many models stay loaded); "
-                  f"using {default}.", SdlabNotice, stacklevel=2)
+                  f"using {default}.", SdlabWarning, stacklevel=2)
     return default
 
 
