@@ -535,6 +535,7 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
         for problem in (*run.plan.notes, *a1111.differences(settings, prepared.sampler, lab.source),
                         *prompt_problems(lab, settings.prompt, settings.negative_prompt)):
             run.problems.append(problem)
+            run.notices.append(problem)
             notice(f"sdlab: {problem}", stacklevel=4)
         if started is not None:
             started(run)
