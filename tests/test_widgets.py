@@ -40,6 +40,21 @@ def test_schedule_dropdown_offers_only_what_the_sampler_can_follow(studio):
     assert options == sdlab.sampler_catalog.CATALOG["Euler a"].supported_schedules()
 
 
+def test_a_sampler_that_changes_the_schedule_says_so(studio):
+    picker = studio.picker
+    picker.schedule.value = "karras"
+    picker.sampler.value = "DDIM"  # DDIM takes only a timestep spacing: it cannot follow Karras
+    assert studio.settings.schedule == "automatic"
+    _, concrete = sdlab.sampler_catalog.resolve("DDIM", "automatic")  # what the core runs for it
+    label = sdlab.noise_schedules.schedule_label(concrete)
+    assert picker.said == f"DDIM cannot follow the Karras schedule, so the schedule is now Automatic ({label})."
+    assert "sdlab-notice" in picker.note.value and "Karras" in picker.note.value
+    assert dict((v, k) for k, v in picker.schedule.options)["automatic"] == f"Automatic ({label})"
+    picker.schedule.value = "simple"
+    picker.sampler.value = "Euler"  # Euler can follow Simple: nothing changes, nothing is said
+    assert studio.settings.schedule == "simple" and picker.said == "" and picker.note.value == ""
+
+
 def test_generate_runs_the_core_with_the_settings_and_shows_frames(studio, lab, monkeypatch):
     asked = []
     real = generation.generate_async
