@@ -536,6 +536,7 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
                         *prompt_problems(lab, settings.prompt, settings.negative_prompt),
                         *_size_notes(lab, settings)):
             run.problems.append(problem)
+            run.notices.append(problem)
             notice(f"sdlab: {problem}", stacklevel=4)
         if started is not None:
             started(run)

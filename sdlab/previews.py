@@ -37,8 +37,10 @@ APPROX_SD1 = [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.26
 APPROX_SDXL = [[0.3448, 0.4168, 0.4395], [-0.1953, -0.0290, 0.0250], [0.1074, 0.0886, -0.0163],
                [-0.3730, -0.2499, -0.2088]]
 TAESD_REPOS = {"sd1": "madebyollin/taesd", "sd2": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
-# Default minimum seconds between two decodes, per decoder (A1111 refreshes every 1000 ms by default).
-MIN_INTERVAL = {"approx": 0.0, "taesd": 0.2, "vae": 1.0}
+# Default minimum seconds between two decodes, per decoder. The budget below is what bounds their cost; this
+# only keeps frames from coming faster than a view can use them. (A1111 refreshes every 1000 ms, but a second
+# is most of a short run: the teaching model's 150 steps showed two full-VAE frames, at steps 23 and 109.)
+MIN_INTERVAL = {"approx": 0.0, "taesd": 0.2, "vae": 0.2}
 # Share of the run's time the throttled decoders may take, and their cost per decode in UNet steps (with
 # CFG) before the first one is measured: the FLOP ratios in the module docstring.
 BUDGET = {"approx": None, "taesd": 0.04, "vae": 0.07}

@@ -113,6 +113,9 @@ class Run:
     final_latents: torch.Tensor | None = None
     stopped: bool = False
     problems: list[str] = field(default_factory=list)
+    # those of the problems that were said as notices (SdlabNotice: worth knowing, nothing to fix); the rest
+    # were warnings (SdlabWarning: something is probably wrong)
+    notices: list[str] = field(default_factory=list)
     seconds: float = 0.0
     nsfw: list | None = None
     preview: np.ndarray | None = None

@@ -1,11 +1,15 @@
 """End to end: the Studio in a real JupyterLab, driven by headless Chromium through Playwright.
 
 Uses Debian's chromium (`make browser` installs it; never a browser download). Starts JupyterLab on a
-free local port with a notebook that shows a Studio on the teaching model and one on the tiny model,
-runs it, clicks Generate, watches the image change and the progress line reach N/N, reads the final
-frame back from the page and checks it is one of the teaching model's pictures with the prompt's
-attributes, stops a long run, checks no cell failed, then restarts the kernel in the middle of a run and
-checks that a new Studio works.
+free local port with a notebook that shows two Studios on the teaching model, one built under
+``plots.presentation(1.6)``, and checks what a class would see: before any run, every picture pane holds a
+picture (no broken-image icon), no label is cut, and the scaled Studio's text and pictures are 1.6x; a run
+changes the image across steps, reaches N/N, and its final frame, read back from the page, is one of the
+teaching model's pictures with the prompt's attributes; picking DDIM after Karras says that the schedule
+changed; a long run, stopped, shows the seed it used (the kernel's own), a notice in a neutral style, and
+a picture (not noise) in its pane and thumbnail; no cell failed; then the kernel is restarted in the
+middle of a run and a new Studio works. Screenshots before, during and after runs go to the test's
+folder (and to $SDLAB_SCREENSHOT_DIR when it is set).
 """
 from __future__ import annotations
 
@@ -30,11 +34,19 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CELLS = [
     "import sdlab, warnings\nwarnings.simplefilter('ignore', sdlab.SdlabNotice)\n"
-    "toy = sdlab.load('toy')\nlab = sdlab.load('tiny')\nlab.pipe.set_progress_bar_config(disable=True)\n"
-    "toy.pipe.set_progress_bar_config(disable=True)",
+    "toy = sdlab.load('toy')\ntoy.pipe.set_progress_bar_config(disable=True)",
     "studio = sdlab.Studio(toy, prompt='a large red circle', steps=12, seed=3, max_fps=30)\nstudio",
-    "long = sdlab.Studio(lab, prompt='a long run', steps=150, width=256, height=256)\nlong",
+    # a random seed, a word the toy does not know (a notice), and long enough to stop by hand
+    "with sdlab.plots.presentation(1.6):\n    long = sdlab.Studio(toy, prompt='a blue square fox', steps=500)\nlong",
+    "print('seed used', long.history[-1].settings.seed)",
 ]
+SCALE = 1.6
+
+# Every <img> the Studio shows has a decoded picture (a broken-image icon has naturalWidth 0).
+_BROKEN_IMAGES = "c => [...c.querySelectorAll('img')].filter(i => i.offsetParent && !(i.complete && i.naturalWidth > 0)).length"
+# Labels and buttons whose text does not fit (cut, or ending in an ellipsis).
+_CUT_LABELS = """c => [...c.querySelectorAll('.widget-label, button, .widget-readout')]
+    .filter(e => e.offsetParent && e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)"""
 
 # The bytes behind an <img> (a blob: URL that ipywidgets made), as base64.
 _IMAGE_BYTES = """async (img) => {
@@ -64,7 +76,14 @@ def jupyterlab(tmp_path):
     settings = tmp_path / "lab-settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
-    env = dict(os.environ, HF_HUB_OFFLINE="1", JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"),
+    # and no "Jupyter news?" toast over the screenshots
+    news = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
+    # the kernel runs in tmp_path: it imports the sdlab of this tree (not whichever one is installed)
+    tree = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=path, JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"),
                JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"),
                JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"))
     log = open(tmp_path / "jupyterlab.log", "w")
@@ -109,6 +128,7 @@ def _run_cell(page, cell, timeout: float = 180.0) -> None:
     prompt = cell.locator(".jp-InputPrompt")
     deadline = time.time() + timeout
     while True:
+        _dismiss_dialog(page)
         cell.locator(".jp-InputArea-editor").click()
         page.keyboard.press("Shift+Enter")
         started = time.time()
@@ -120,6 +140,31 @@ def _run_cell(page, cell, timeout: float = 180.0) -> None:
     while "*" in prompt.inner_text():
         assert time.time() < deadline, f"the cell is still running after {timeout} s"
         time.sleep(0.1)
+
+
+def _dismiss_dialog(page) -> None:
+    """A dialog JupyterLab opens on its own while it settles (seen once: one that blocked every click for
+    30 s) is said and accepted, so that it cannot decide the test; the test's own dialog (restart) is not
+    open here."""
+    import warnings
+
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count() and dialog.first.is_visible():
+        warnings.warn(f"JupyterLab showed a dialog: {dialog.first.inner_text()!r:.300}; accepting it")
+        dialog.first.locator("button.jp-mod-accept").click(timeout=10_000)
+
+
+def _shot(page, cell, folder: Path, name: str, top: str = ".jp-OutputArea-output") -> None:
+    """A screenshot of the page with this cell's ``top`` element scrolled to the top of the view."""
+    cell.locator(top).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+    time.sleep(0.1)
+    page.screenshot(path=str(folder / name))
+
+
+def _b64_picture(b64: str) -> bytes:
+    import base64
+
+    return base64.b64decode(b64)
 
 
 def _check_final_frame(b64: str, folder: Path) -> None:
@@ -148,6 +193,12 @@ def _check_final_frame(b64: str, folder: Path) -> None:
 def test_studio_in_jupyterlab(jupyterlab):
     from playwright.sync_api import sync_playwright
 
+    import io
+
+    from PIL import Image
+
+    from pictures import ROUGH, roughness
+
     url, folder = jupyterlab
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
@@ -157,7 +208,7 @@ def test_studio_in_jupyterlab(jupyterlab):
             page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=90_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
             cells = page.locator(".jp-Notebook .jp-CodeCell")
-            for k in range(len(CELLS)):
+            for k in range(3):
                 _run_cell(page, cells.nth(k))
             generate = page.locator("button:has-text('Generate')")
             generate.nth(1).wait_for(timeout=120_000)
@@ -167,7 +218,22 @@ def test_studio_in_jupyterlab(jupyterlab):
             assert first.locator("textarea").first.input_value() == "a large red circle"
             assert first.locator("select").count() >= 2  # sampler and schedule
             assert first.get_by_text("Built-in teaching model").count() == 1
-            assert second.get_by_text("Built-in tiny model").count() == 1
+
+            # before any run: a picture in every pane, every label in full, the scaled Studio 1.6x
+            for cell in (first, second):
+                cell.locator("img.sdlab-image").wait_for()
+                deadline = time.time() + 10
+                while cell.evaluate(_BROKEN_IMAGES):  # (images decode asynchronously)
+                    assert time.time() < deadline, "a broken-image icon before any run"
+                    time.sleep(0.05)
+                assert cell.locator("img").count() == 5
+                assert cell.evaluate(_CUT_LABELS) == []
+            font = [c.locator(".widget-label").first.evaluate("e => parseFloat(getComputedStyle(e).fontSize)")
+                    for c in (first, second)]
+            width = [c.locator("img.sdlab-image").evaluate("e => e.clientWidth") for c in (first, second)]
+            assert font[1] / font[0] == pytest.approx(SCALE, rel=0.05), font
+            assert width[1] / width[0] == pytest.approx(SCALE, rel=0.05), width
+            _shot(page, first, folder, "studio-before.png")
 
             # Generate: the image changes across steps, the progress line reaches N/N
             progress = first.locator(".sdlab-progress")
@@ -183,22 +249,50 @@ def test_studio_in_jupyterlab(jupyterlab):
                 time.sleep(0.02)
             sources.add(image.get_attribute("src"))
             assert len(sources) >= 2, sources
-            assert "step 12/12" in progress.inner_text()
-            page.screenshot(path=str(folder / "studio-done.png"), full_page=True)
+            assert "step 12/12" in progress.inner_text() and "seed 3" in progress.inner_text()
+            assert first.locator(".sdlab-seed-used").inner_text() == "seed used: 3"
+            _shot(page, first, folder, "studio-done.png")
             _check_final_frame(image.evaluate(_IMAGE_BYTES), folder)
 
-            # a longer run, stopped mid-way
+            # DDIM cannot follow Karras: the schedule goes back to Automatic, and the picker says so
+            selects = second.locator("select")
+            selects.nth(1).select_option(label="Karras")
+            selects.nth(0).select_option(label="DDIM")
+            _wait_text(second.locator(".sdlab-picker-note"), "DDIM cannot follow the Karras schedule", 10)
+            assert selects.nth(1).evaluate("s => s.options[s.selectedIndex].textContent").startswith("Automatic")
+
+            # a long run (random seed), stopped mid-way
             long_progress = second.locator(".sdlab-progress")
+            seed_used = second.locator(".sdlab-seed-used")
             second.locator("button:has-text('Generate')").click()
             deadline = time.time() + 60
             while "step" not in long_progress.inner_text() or "step 1/" in long_progress.inner_text():
                 assert time.time() < deadline, long_progress.inner_text()
                 time.sleep(0.05)
+            during = seed_used.inner_text()
+            assert during.removeprefix("seed used: ").isdigit(), during  # the seed used, from the first step on
+            assert second.evaluate(_BROKEN_IMAGES) == 0
+            _shot(page, second, folder, "studio-during.png", top=".sdlab-progress")
             second.locator("button:has-text('Stop')").click()
             _wait_text(long_progress, "stopped", 60)
             stopped_at = int(long_progress.inner_text().split("step ")[1].split("/")[0])
-            assert 1 < stopped_at < 150
-            page.screenshot(path=str(folder / "studio-stopped.png"), full_page=True)
+            assert 1 < stopped_at < 500
+            _run_cell(page, cells.nth(3))  # what the kernel says the run used
+            used = cells.nth(3).locator(".jp-OutputArea-output").inner_text().split()[-1]
+            assert seed_used.inner_text() == during == f"seed used: {used}"
+            assert f"seed {used}" in long_progress.inner_text()
+            assert f"seed {used}" in second.locator(".sdlab-history").inner_text()
+            # the picture after Stop, and its thumbnail, are pictures (the last x0), not the noise being denoised
+            frames = [_b64_picture(second.locator(selector).evaluate(_IMAGE_BYTES))
+                      for selector in ("img.sdlab-image", ".sdlab-history img")]
+            assert all(roughness(frame) < ROUGH for frame in frames), [roughness(f) for f in frames]
+            Image.open(io.BytesIO(frames[0])).save(folder / "studio-stopped-frame.png")
+            # the unknown word is a notice: said in a neutral style, not in error red
+            notice = second.locator(".sdlab-notices .sdlab-notice")
+            assert "fox" in notice.inner_text()
+            assert notice.evaluate("e => getComputedStyle(e).color") != "rgb(187, 0, 0)"
+            assert second.evaluate(_BROKEN_IMAGES) == 0 and second.evaluate(_CUT_LABELS) == []
+            _shot(page, second, folder, "studio-stopped.png", top=".sdlab-progress")
 
             # no cell failed, no widget shows an error
             outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
@@ -226,9 +320,11 @@ def test_studio_in_jupyterlab(jupyterlab):
             _wait_text(fresh.locator(".sdlab-progress"), "done", 120)
             assert "step 12/12" in fresh.locator(".sdlab-progress").inner_text()
             assert not fresh.locator(".sdlab-error").inner_text().strip()
-            page.screenshot(path=str(folder / "studio-after-restart.png"), full_page=True)
+            _shot(page, fresh, folder, "studio-after-restart.png")
         finally:
             browser.close()
-    if os.environ.get("SDLAB_KEEP_SCREENSHOTS"):
-        for shot in folder.glob("studio-*.png"):
-            shutil.copy(shot, Path(os.environ["SDLAB_KEEP_SCREENSHOTS"]) / shot.name)
+            keep = os.environ.get("SDLAB_SCREENSHOT_DIR") or os.environ.get("SDLAB_KEEP_SCREENSHOTS")
+            if keep:
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                for shot in folder.glob("studio-*"):
+                    shutil.copy(shot, Path(keep) / shot.name)

@@ -91,7 +91,7 @@ def test_restore_settings_without_a_size_and_beyond_the_sliders(lab, tmp_path):
     assert (studio.settings.steps, studio.settings.cfg, studio.settings.seed) == (300, 35.0, 7)
     assert studio.steps.value == 300 and studio.cfg.value == 35.0  # widened, not clamped
     assert any("native" in s for s in said) and any("Steps 300" in s for s in said) and any("CFG" in s for s in said)
-    assert "native" in studio.error.value
+    assert "native" in studio.notes.value and studio.error.value == ""  # said as a notice: nothing is wrong
     odd = sdlab.read_settings("x\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512")
     assert studio.restore(odd) and studio.settings.width == native
 
@@ -623,5 +623,5 @@ def test_the_studio_checks_its_arguments_and_widens_a_slider_instead_of_clamping
                           output_dir=tmp_path)
     studio.on_generate()
     _wait_idle(studio)
-    assert "The prompt is 302 tokens" in studio.error.value and "The negative prompt is 402 tokens" in studio.error.value
+    assert "The prompt is 302 tokens" in studio.notes.value and "The negative prompt is 402 tokens" in studio.notes.value
     studio.close()

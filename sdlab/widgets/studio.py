@@ -5,6 +5,13 @@ Generation runs in the core's worker thread (``generate_async``); from there the
 widget trait values (JPEG bytes, text), never Output contexts. Frames are throttled to ``max_fps``;
 a frame that comes too soon is held as *the* pending one and replaced by newer ones, so only the
 latest is ever sent when frames come faster than the browser should take them.
+
+What is on screen is one run's, all of it: while a run goes, its live frames, seed (drawn before it starts)
+and settings; after it, or after "#k show", that run's picture, steps, state, seed, settings and what the
+core said about it (warnings in red, notices in a neutral style). The seed box is the user's input, shown
+only in "fixed" mode; the seed a run used is always shown beside it ("seed used"), and "reuse this seed"
+fixes it. The preview's decoder and target are the step viewer's controls (one control per choice), and a
+Studio built under ``plots.presentation(scale)`` is that much larger.
 """
 from __future__ import annotations
 
@@ -17,14 +24,16 @@ from pathlib import Path
 import ipywidgets as W
 
 from .. import checks
-from ..errors import WrongType
+from ..errors import SdlabError, WrongType
 from ..generation import Job, native_size, prepare
+from ..noise_schedules import schedule_label
 from ..previews import to_jpeg
 from ..records import Run, StepEvent
 from ..settings import Settings
 from ..toy import is_teaching_model
 from .controls import SamplerPicker
-from .viewer import StepViewer
+from .look import ERROR_STYLE, NOTICE_STYLE, Look, messages, placeholder
+from .viewer import StepViewer, _check_run, _picture
 
 PREVIEWS = [("approx (fast)", "approx"), ("TAESD", "taesd"), ("full VAE", "vae"), ("off", "off")]
 HISTORY_LIMIT = 24
@@ -60,48 +69,69 @@ class Studio(W.VBox):
         self._made = 0  # runs added to the history in this session
         self._numbers: dict[int, int] = {}  # id(run) -> its number in the session (1, 2, ...), for runs in history
         self._thumbs: list[W.Widget] = []  # one per run in history, built once
-        self.shown: Run | None = None
+        self.shown: Run | None = None  # the run on screen (after it ended; None while one is going)
         self.last_error: BaseException | None = None
         self.idle = threading.Event()
         self.idle.set()
         self._pending: StepEvent | None = None
         self._latest: StepEvent | None = None
+        self._announced = False  # the running run's notices are on screen
         self._last_frame = 0.0
         self._t_start = 0.0
         self._ticket = 0  # which on_generate the UI belongs to
+        self._seed_shown: int | None = None
         s = self.settings
+        # read once: a Studio built under plots.presentation(1.6) is 1.6x, whatever the scale is later
+        self.look = look = Look.current()
+        px = look.px
 
         wide = W.Layout(width="98%")
+        row = dict(flex_flow="row wrap", align_items="center")
         self.prompt = W.Textarea(value=s.prompt, placeholder="Prompt", description="Prompt", layout=wide, rows=2)
         self.negative = W.Textarea(value=s.negative_prompt, placeholder="Negative prompt", description="Negative",
                                    layout=wide, rows=1)
         self.picker = SamplerPicker(s.sampler, s.schedule)
-        self.steps = W.IntSlider(value=checked.steps, min=1, max=max(150, checked.steps), description="Steps")
+        self.steps = W.IntSlider(value=checked.steps, min=1, max=max(150, checked.steps), description="Steps",
+                                 layout=W.Layout(width=px(360)))
         self.cfg = W.FloatSlider(value=checked.cfg, min=0.0, max=max(20.0, checked.cfg), step=0.5,
-                                 description="CFG scale")
+                                 description="CFG scale", layout=W.Layout(width=px(360)))
         self.seed_mode = W.ToggleButtons(options=["random", "fixed"], value="random" if s.seed is None else "fixed",
-                                         style={"button_width": "80px"}, description="Seed")
-        self.seed = W.IntText(value=checked.seed if s.seed is not None else 0, layout=W.Layout(width="140px"))
-        self.reuse = W.Button(description="reuse last", icon="recycle", layout=W.Layout(width="110px"),
-                              tooltip="Fix the seed of the last run")
-        self.width = W.IntText(value=checked.width, description="Width", layout=W.Layout(width="170px"))
-        self.height = W.IntText(value=checked.height, description="Height", layout=W.Layout(width="170px"))
-        self.preview = W.Dropdown(options=PREVIEWS, value=preview, description="Preview", layout=W.Layout(width="220px"))
-        self.target = W.ToggleButtons(options=[("x0", "x0"), ("x_t", "xt")], value=preview_target,
-                                      style={"button_width": "50px"})
-        self.generate_button = W.Button(description="Generate", button_style="primary", icon="play")
-        self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
-        self.progress = W.HTML(value="ready")
-        self.error = W.HTML(value="")
+                                         style={"button_width": px(80)}, description="Seed",
+                                         tooltips=["a new seed for every run", "the seed in the box"])
+        self.seed = W.IntText(value=checked.seed if s.seed is not None else 0,
+                              layout=W.Layout(width=px(150), display="" if s.seed is not None else "none"))
+        self.seed_used = W.HTML(layout=W.Layout(margin=f"0 {px(8)}"))
+        self.reuse = W.Button(description="reuse this seed", icon="recycle", layout=W.Layout(width=px(160)),
+                              tooltip="Fix the seed to the one the run on screen used", disabled=True)
+        self.width = W.IntText(value=checked.width, description="Width", layout=W.Layout(width=px(170)))
+        self.height = W.IntText(value=checked.height, description="Height", layout=W.Layout(width=px(170)))
         self.viewer = StepViewer(lab=lab)
+        # one control per choice: the viewer's decoder and target are also the live preview's
+        self.preview, self.target = self.viewer.decoder, self.viewer.target
+        self.target.value = preview_target
+        if preview != "off":
+            self.preview.value = preview  # (a TAESD that is not on this disk is said in the viewer, and refused)
+        self.live = W.Checkbox(value=preview != "off", description="live preview", indent=False,
+                               layout=W.Layout(width=px(140)),
+                               tooltip="Show frames during the run (through the decoder below); off: only the end")
+        self.generate_button = W.Button(description="Generate", button_style="primary", icon="play",
+                                        layout=W.Layout(width=px(130)))
+        self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True,
+                                    layout=W.Layout(width=px(100)))
+        self.progress = W.HTML(value="ready")
+        self.summary = W.HTML()
+        self.error = W.HTML(value="")
+        self.notes = W.HTML(value="")
         self.history_box = W.HBox(layout=W.Layout(overflow="auto", width="98%"))
-        self.save_dir = W.Text(value=str(output_dir), description="Save to", layout=W.Layout(width="360px"))
-        self.save_button = W.Button(description="Save PNG", icon="save", disabled=True)
+        self.save_dir = W.Text(value=str(output_dir), description="Save to", layout=W.Layout(width=px(360)))
+        self.save_button = W.Button(description="Save PNG", icon="save", disabled=True, layout=W.Layout(width=px(120)))
         self.save_status = W.HTML()
         # stable class names for styling and for the browser test
-        self.progress.add_class("sdlab-progress")
-        self.error.add_class("sdlab-error")
-        self.viewer.panel.image.add_class("sdlab-image")
+        for widget, name in ((self, "sdlab-studio"), (self.progress, "sdlab-progress"), (self.summary, "sdlab-summary"),
+                             (self.error, "sdlab-error"), (self.notes, "sdlab-notices"), (self.seed_used, "sdlab-seed-used"),
+                             (self.viewer.panel.image, "sdlab-image"), (self.history_box, "sdlab-history")):
+            widget.add_class(name)
+        self._show_seed(None)
         note = W.HTML(_model_note(lab))
 
         for widget, name in ((self.prompt, "prompt"), (self.negative, "negative_prompt"), (self.steps, "steps"),
@@ -116,15 +146,16 @@ class Studio(W.VBox):
         self.save_button.on_click(self.on_save)
 
         super().__init__([
-            note, self.prompt, self.negative,
-            W.HBox([self.picker, self.steps]),
-            W.HBox([self.cfg, self.seed_mode, self.seed, self.reuse]),
-            W.HBox([self.width, self.height, self.preview, self.target]),
-            W.HBox([self.generate_button, self.stop_button, self.progress]),
-            self.error, self.viewer,
+            look.style(), note, self.prompt, self.negative,
+            W.HBox([self.picker, self.steps], layout=W.Layout(**row)),
+            W.HBox([self.cfg, self.width, self.height], layout=W.Layout(**row)),
+            W.HBox([self.seed_mode, self.seed, self.seed_used, self.reuse], layout=W.Layout(**row)),
+            W.HBox([self.generate_button, self.stop_button, self.live, self.progress], layout=W.Layout(**row)),
+            self.summary, self.error, self.notes, self.viewer,
             W.HTML("<b>History</b> (this session)"), self.history_box,
-            W.HBox([self.save_dir, self.save_button, self.save_status]),
+            W.HBox([self.save_dir, self.save_button, self.save_status], layout=W.Layout(**row)),
         ])
+        look.apply(self)
 
     # -- settings, the truth ---------------------------------------------------------------------
     def _writer(self, name: str):
@@ -133,12 +164,22 @@ class Studio(W.VBox):
         return write
 
     def _sync_seed(self) -> None:
-        self.settings = replace(self.settings, seed=None if self.seed_mode.value == "random" else int(self.seed.value))
+        fixed = self.seed_mode.value == "fixed"
+        self.seed.layout.display = "" if fixed else "none"  # the box is an input: shown only where it is used
+        self.settings = replace(self.settings, seed=int(self.seed.value) if fixed else None)
 
     def _on_reuse(self, _=None) -> None:
-        if self.history:
-            self.seed.value = self.history[-1].settings.seed
+        """Fix the seed to the one on screen (the shown run's, or the running one's)."""
+        if self._seed_shown is not None:
+            self.seed.value = self._seed_shown
             self.seed_mode.value = "fixed"
+
+    def _show_seed(self, seed: int | None) -> None:
+        """The seed a run used, beside the seed controls, in random mode too (the box stays the user's)."""
+        self._seed_shown = seed
+        self.seed_used.value = ("seed used: <i>none yet</i>" if seed is None else
+                                f"seed used: <b class='sdlab-seed-value'>{seed}</b>")
+        self.reuse.disabled = seed is None
 
     def restore(self, settings: Settings) -> list[str]:
         """Put settings back into the controls (and so into ``self.settings``): a run's, or what
@@ -177,7 +218,7 @@ class Studio(W.VBox):
         self.settings = replace(settings, sampler=self.picker.value[0], schedule=self.picker.value[1],
                                 steps=checked.steps, cfg=checked.cfg, width=width, height=height,
                                 seed=self.settings.seed)
-        self._show_error("\n".join(said) if said else None)
+        self._say(notices=said)
         return said
 
     def _restore_clicked(self, settings: Settings) -> None:
@@ -187,33 +228,51 @@ class Studio(W.VBox):
             self._show_error(exc)
 
     # -- actions ---------------------------------------------------------------------------------
+    def _running(self) -> bool:
+        return self.job is not None and not self.job.done
+
     def on_generate(self, _=None) -> None:
-        if self.job is not None and not self.job.done:
+        if self._running():
             self._show_error("A run is already going. Press Stop, or wait for it to finish.")
             return
-        self._show_error(None)
-        preview = None if self.preview.value == "off" else self.preview.value
-        self._pending = self._latest = None
-        self._t_start = time.perf_counter()
-        self.idle.clear()
         try:
-            # numbered before it starts: a fast run can end (and call on_done) before self.job is assigned
-            self._ticket += 1
-            ticket = self._ticket
-            self.job = self.lab.generate_async(self.settings, preview=preview, preview_target=self.target.value,
-                                               preview_channels=True, on_step=self._on_step,
-                                               on_done=lambda job: self._on_done(job, ticket))
+            # prepared here, so that the seed it draws is on screen from the start (the run uses this very one)
+            prepared = prepare(self.lab, self.settings)
         except Exception as exc:  # bad settings: said in the UI, nothing started
-            self.idle.set()
             self._show_error(exc)
             return
+        self._say()
+        preview = self.preview.value if self.live.value else None
+        self._pending = self._latest = None
+        self._announced = False
+        self._t_start = time.perf_counter()
+        self.idle.clear()
+        # the UI is set for the run before it starts: a fast run can end (and call on_done) at once
+        self._ticket += 1
+        ticket = self._ticket
+        shown, self.shown = self.shown, None
         self.generate_button.disabled = True
         self.stop_button.disabled = False
-        self.viewer.info.value = "<i>generating...</i>"
-        self.progress.value = f"starting: {html.escape(self.job.run.settings.sampler)}, seed {self.job.run.settings.seed}"
+        self.save_button.disabled = True
+        self.viewer._begin_live()
+        self._show_settings(prepared.settings)
+        self.progress.value = f"starting: {html.escape(prepared.settings.sampler)}, seed {prepared.settings.seed}"
+        try:
+            self.job = self.lab.generate_async(prepared, preview=preview, preview_target=self.target.value,
+                                               preview_channels=True, on_step=self._on_step,
+                                               on_done=lambda job: self._on_done(job, ticket))
+        except Exception as exc:  # refused (another run on this model, out of memory): nothing started
+            self._ticket += 1  # (no on_done will come for this one)
+            self.generate_button.disabled = False
+            self.stop_button.disabled = True
+            self.progress.value = "ready"
+            if shown is not None:
+                self._display(shown)
+            self._show_error(exc)
+            self.idle.set()
 
     def on_stop(self, _=None) -> None:
-        if self.job is not None and not self.job.done:
+        if self._running():
             self.job.stop()
             self.progress.value += " &middot; stopping..."
 
@@ -233,6 +292,9 @@ class Studio(W.VBox):
     # -- from the worker thread: trait assignments only -------------------------------------------
     def _on_step(self, event: StepEvent) -> None:
         self._latest = event
+        if not self._announced:  # what the core said before the first step (plan notes, unknown words)
+            self._announced = True
+            self._say_problems(event.run)
         if event.preview is not None:
             self._pending = event
         now = time.perf_counter()
@@ -252,45 +314,73 @@ class Studio(W.VBox):
             return
         try:
             self._flush()
-            if job.error is not None:
-                self._show_error(job.error)
+            if job.error is None:
+                self._add_history(job.run)
+            if job.run is not None:
+                self._display(job.run, job.error)
+            else:  # it failed before it began
                 self.progress.value = "failed"
-                if job.run is not None and job.run.records:
-                    self.viewer.show_run(job.run)
-                return
-            run = job.wait()
-            self._add_history(run)
-            self.show(run)
-            state = "stopped" if run.stopped else "done"
-            self.progress.value = (f"{state}: step {run.records[-1].step}/{run.settings.steps} &middot; NFE {run.nfe} "
-                                   f"&middot; {run.seconds:.1f} s &middot; seed {run.settings.seed}")
-            if run.problems:  # every one of them, not only the last
-                self._show_error("\n".join(run.problems))
+                self._show_error(job.error)
         finally:
             self.generate_button.disabled = False
             self.stop_button.disabled = True
             self.idle.set()
 
+    # -- what is on screen -----------------------------------------------------------------------
+    def _say(self, errors=(), notices=()) -> None:
+        """Errors and warnings in red, notices in a neutral style; one block each, each said once."""
+        self.error.value = messages(errors, ERROR_STYLE, "sdlab-error-item")
+        self.notes.value = messages(notices, NOTICE_STYLE, "sdlab-notice")
+
     def _show_error(self, error) -> None:
         if error is None:
-            self.error.value = ""
+            self._say()
             return
         if isinstance(error, BaseException):
             self.last_error = error
-            text = f"{type(error).__name__}: {error}"
-        else:
-            text = str(error)
-        self.error.value = f"<div style='color:#b00;white-space:pre-wrap'>{html.escape(text)}</div>"
+        self._say(errors=[_describe(error)])
+
+    def _say_problems(self, run: Run, error: BaseException | None = None) -> None:
+        """What the core said about this run: its error, its warnings (red), its notices (neutral)."""
+        error = error if error is not None else run.error
+        if isinstance(error, BaseException):
+            self.last_error = error
+        warnings = [p for p in run.problems if p not in run.notices]
+        self._say(errors=([_describe(error)] if error is not None else []) + warnings, notices=run.notices)
+
+    def _show_settings(self, settings: Settings) -> None:
+        self._show_seed(settings.seed)
+        self.summary.value = _summary(settings)
+
+    def _display(self, run: Run, error: BaseException | None = None) -> None:
+        """Put a run on screen, all of it and only it: its picture and steps, its state, seed and settings,
+        and what the core said about it (a run shown from the history replaces everything of the last).
+        ``error``: what ended it, where the run itself does not hold it."""
+        failed = run.failed or error is not None
+        self.shown = run
+        self.viewer.show_run(run)
+        self._show_settings(run.settings)
+        self.progress.value = self._status(run, "failed" if failed else run.state)
+        self._say_problems(run, error)
+        self.save_button.disabled = run.image is None or failed
+
+    def _status(self, run: Run, state: str) -> str:
+        number = self._numbers.get(id(run))
+        head = f"#{number} " if number else ""
+        last = run.records[-1].step if run.records else 0
+        took = "" if state == "failed" else f" &middot; {run.seconds:.1f} s"
+        return (f"{head}{state}: step {last}/{run.settings.steps} &middot; NFE {run.nfe}{took} &middot; "
+                f"seed {run.settings.seed}")
 
     # -- history ---------------------------------------------------------------------------------
     def show(self, run: Run) -> None:
-        self.shown = run
-        self.viewer.show_run(run)
-        if run.image is not None:
-            import numpy as np
-
-            self.viewer.panel.image.value = to_jpeg(np.asarray(run.image.convert("RGB")))
-        self.save_button.disabled = run.image is None
+        """Show a run (one from ``studio.history``): its picture, steps, seed, settings and messages."""
+        run = _check_run(run)
+        if self._running():  # the live run owns the screen until it ends
+            self.notes.value += messages(["A run is going: show another once it has ended (or press Stop)."],
+                                         NOTICE_STYLE, "sdlab-notice")
+            return
+        self._display(run)
 
     def _add_history(self, run: Run) -> None:
         """One new thumbnail per run; a run that falls off the history has its widgets closed (in the kernel
@@ -308,19 +398,22 @@ class Studio(W.VBox):
             _close_all(box)
 
     def _thumb(self, run: Run, number: int) -> W.Widget:
-        import numpy as np
-
-        s = run.settings
-        img = W.Image(value=to_jpeg(np.asarray(run.image.convert("RGB")), max_side=96) if run.image else b"",
-                      format="jpeg", layout=W.Layout(width="96px", height="96px", object_fit="contain"))
-        show = W.Button(description=f"#{number} show", layout=W.Layout(width="96px"))
-        restore = W.Button(description="restore", layout=W.Layout(width="96px"),
+        s, px = run.settings, self.look.px
+        try:
+            rgb = _picture(run, self.preview.value, self.viewer._vae())  # what the view shows at its last step, as x0
+        except SdlabError:
+            rgb = _picture(run)
+        img = W.Image(value=to_jpeg(rgb, max_side=96) if rgb is not None else placeholder(), format="jpeg",
+                      layout=W.Layout(width=px(110), height=px(110), object_fit="contain"))
+        show = W.Button(description=f"#{number} show", layout=W.Layout(width=px(110)))
+        restore = W.Button(description="restore", layout=W.Layout(width=px(110)),
                            tooltip="Put this run's settings back into the controls")
         show.on_click(lambda _: self.show(run))
         restore.on_click(lambda _: self._restore_clicked(run.settings))
-        label = W.HTML(f"<small>{html.escape(s.sampler)}<br>{s.steps} steps, cfg {s.cfg:g}<br>seed {s.seed}"
-                       f"{' (stopped)' if run.stopped else ''}</small>")
-        return W.VBox([img, label, show, restore], layout=W.Layout(margin="0 6px 0 0"))
+        ended = f" (stopped at step {run.records[-1].step})" if run.stopped and run.records else ""
+        label = W.HTML(f"<div style='width:{px(110)};overflow-wrap:anywhere;line-height:1.25'><small>"
+                       f"{html.escape(s.sampler)}<br>{s.steps} steps, cfg {s.cfg:g}<br>seed {s.seed}{ended}</small></div>")
+        return W.VBox([img, label, show, restore], layout=W.Layout(margin=f"0 {px(6)} 0 0"))
 
 
 def _close_all(widget: W.Widget) -> None:
@@ -343,6 +436,18 @@ def _model_note(lab) -> str:
         return ("<b>Built-in teaching model</b>: an exact denoiser that can only draw its own pictures (shapes, "
                 f"colours, positions, sizes). Words it knows: <i>{html.escape(', '.join(vocabulary()))}</i>.")
     return ""
+
+
+def _describe(error) -> str:
+    return f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+
+
+def _summary(s: Settings) -> str:
+    """The settings of a run in one line: what a class needs to know to read its picture."""
+    negative = f" &middot; negative: &ldquo;{html.escape(s.negative_prompt)}&rdquo;" if s.negative_prompt else ""
+    return (f"{html.escape(s.sampler)} &middot; {html.escape(schedule_label(s.schedule))} schedule &middot; "
+            f"{s.steps} steps &middot; CFG {s.cfg:g} &middot; {s.width}x{s.height} &middot; seed {s.seed} &middot; "
+            f"prompt: &ldquo;{html.escape(s.prompt)}&rdquo;{negative}")
 
 
 def _progress(event: StepEvent, elapsed: float) -> str:
