@@ -98,6 +98,14 @@ def plan(scheduler, steps: int) -> Plan:
         raise InvalidArgument(f"steps={steps}: {type(scheduler).__name__} cannot set {steps} steps ({exc}).",
                               argument="steps") from None
     timesteps = s.timesteps.detach().cpu().double().numpy()
+    trained = int(s.config.get("num_train_timesteps", 1000))
+    if len(timesteps) and timesteps.max() >= trained:  # DDIM's "leading" spacing + steps_offset 1 at n = T
+        most = int(np.sum(np.arange(trained) + s.config.get("steps_offset", 0) < trained)) if \
+            s.config.get("timestep_spacing") == "leading" else trained - 1
+        raise InvalidArgument(f"steps={steps}: {type(scheduler).__name__} would step from timestep "
+                              f"{int(timesteps.max())}, past the model's {trained} training timesteps (its "
+                              f"timestep_spacing {s.config.get('timestep_spacing')!r} with steps_offset "
+                              f"{s.config.get('steps_offset', 0)}); use at most {most} steps.", argument="steps")
     raw = getattr(s, "sigmas", None)
     if raw is not None:
         raw = torch.as_tensor(raw).detach().cpu().double().numpy()

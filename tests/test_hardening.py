@@ -625,3 +625,12 @@ def test_the_studio_checks_its_arguments_and_widens_a_slider_instead_of_clamping
     _wait_idle(studio)
     assert "The prompt is 302 tokens" in studio.notes.value and "The negative prompt is 402 tokens" in studio.notes.value
     studio.close()
+
+
+def test_ddim_at_as_many_steps_as_training_timesteps_is_refused_not_an_index_error(toy):
+    # DDIM's "leading" spacing with steps_offset 1 would start at timestep 1000 of 0..999 (diffusers then fails
+    # with an IndexError mid-run): the plan refuses it, naming the largest count that works
+    ddim = sdlab.make_scheduler(toy, "DDIM")
+    with pytest.raises(sdlab.InvalidArgument, match="use at most 999 steps") as caught:
+        sdlab.plan(ddim, 1000)
+    assert caught.value.argument == "steps" and sdlab.plan(ddim, 999).nfe == 999
