@@ -89,6 +89,12 @@ def save_png(run, path, *, index: int = 0) -> Path:
 
     if not run.images:
         raise InvalidArgument("This run has no image yet (it is still going, or failed); wait for it first.")
+    if run.stopped:  # its image decodes half-denoised latents, which its settings (written below) would not make
+        done = run.records[-1].step if run.records else 0
+        raise InvalidArgument(f"This run was stopped at step {done} of {run.settings.steps}: its settings regenerate "
+                              "the finished picture, not this one, so it is not saved with them. Run it to the end "
+                              "to save it (in the Studio: restore, then Generate), or keep what it showed: "
+                              "run.steps[-1].picture().save('stopped.png').", argument="run")
     index = checks.whole("index", index, low=-len(run.images), high=len(run.images) - 1)
     path = checks.output_file("path", path, suffix=".png")  # .png: the settings travel with the picture
     info = PngInfo()

@@ -41,3 +41,16 @@ def test_diffusers_truncation_line_is_dropped_in_sdlab_runs_only(lab, caplog):
 def test_hub_reachable_answers_quickly_for_a_closed_port(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     assert sdlab.models.hub_reachable() is False
+
+
+def test_a_stopped_run_is_not_saved_with_settings_that_make_another_picture(toy, tmp_path):
+    import threading
+
+    stop = threading.Event()
+    run = toy.generate("a red circle", steps=8, seed=1, width=64, height=64,
+                       on_step=lambda e: stop.set() if e.record.step == 3 else None, stop=stop)
+    assert run.stopped
+    with pytest.raises(sdlab.InvalidArgument, match="stopped at step 3 of 8.*run.steps\\[-1\\].picture") as caught:
+        run.save(tmp_path / "stopped.png")
+    assert caught.value.argument == "run" and not (tmp_path / "stopped.png").exists()
+    run.steps[-1].picture().save(tmp_path / "stopped.png")          # what the message offers works
