@@ -33,8 +33,9 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CELLS = [
-    "import sdlab, warnings\nwarnings.simplefilter('ignore', sdlab.SdlabNotice)\n"
-    "toy = sdlab.load('toy')\ntoy.pipe.set_progress_bar_config(disable=True)",
+    # a class's first cell, offline (nothing cached, the hub unreachable): one sentence, no stderr block
+    "import sdlab, warnings\nlab = sdlab.load()\nwarnings.simplefilter('ignore', sdlab.SdlabNotice)\n"
+    "toy = sdlab.load('toy')\ntoy.pipe.set_progress_bar_config(disable=True)\nlab",
     "studio = sdlab.Studio(toy, prompt='a large red circle', steps=12, seed=3, max_fps=30)\nstudio",
     # a random seed, a word the toy does not know (a notice), and long enough to stop by hand
     "with sdlab.plots.presentation(1.6):\n    long = sdlab.Studio(toy, prompt='a blue square fox', steps=500)\nlong",
@@ -83,7 +84,8 @@ def jupyterlab(tmp_path):
     # the kernel runs in tmp_path: it imports the sdlab of this tree (not whichever one is installed)
     tree = str(Path(__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=path, JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"),
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}  # as a classroom: not set, and
+    env = dict(env, HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf-home"), PYTHONPATH=path, JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"),
                JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"),
                JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"))
     log = open(tmp_path / "jupyterlab.log", "w")
@@ -212,6 +214,13 @@ def test_studio_in_jupyterlab(jupyterlab):
                 _run_cell(page, cells.nth(k))
             generate = page.locator("button:has-text('Generate')")
             generate.nth(1).wait_for(timeout=120_000)
+
+            # the first cell as a class sees it offline: the sentence saying which model and why, no stderr
+            zero = cells.nth(0)
+            said = zero.locator(".jp-OutputArea").inner_text()
+            assert 'using the built-in teaching model ("toy") because' in said and "no connection" in said, said
+            assert zero.locator("[data-mime-type='application/vnd.jupyter.stderr']").count() == 0, said
+            _shot(page, zero, folder, "studio-first-cell-offline.png")
 
             first, second = cells.nth(1), cells.nth(2)
             # the controls rendered
