@@ -5,9 +5,17 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the suite runs as one pytest-xdist worker per core (pyproject's addopts): each computes on one thread,
+    # so that two workers' torch thread pools do not fight over the cores (with two threads each, OpenMP's
+    # spinning made the whole run slower than one process); notebook kernels started here inherit it
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 import sdlab
 from sdlab.tiny import build_tiny_pipeline
