@@ -291,7 +291,7 @@ def sweep_scaling(folder: Path, repeat: int) -> None:
             # next cluster's workers would inherit it: configure_dask drops it, as here)
             os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
             with dask.config.set(DASK_CONFIG if how == "configured" else {}), \
-                    LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+                    LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
                     Client(cluster) as client:
                 client.run(_one_thread)
                 trims = set(client.run(_trim_setting).values())

@@ -58,7 +58,7 @@ def _threads(n):
 def client():
     before = set(_children())
     sdlab.distributed.configure_dask()  # as the README says: Dask's defaults slow a CPU model down ~1.9x
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
     c = Client(cluster)
     try:
         yield c
