@@ -24,7 +24,6 @@ whose result differs from the ODE's however many steps they take.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Sequence
 

@@ -55,9 +55,6 @@ def warn(message: str, *, stacklevel: int = 3) -> None:
     warnings.warn(message, SdlabWarning, stacklevel=stacklevel)
 
 
-_python_showwarning = warnings.showwarning  # (replaced below by whatever showwarning was in place)
-
-
 def _showwarning(message, category, filename, lineno, file=None, line=None):
     """sdlab's notices and warnings as plain sentences; every other warning as Python shows it."""
     if file is None and isinstance(category, type) and issubclass(category, (SdlabNotice, SdlabWarning)):
@@ -70,8 +67,8 @@ def _showwarning(message, category, filename, lineno, file=None, line=None):
     _python_showwarning(message, category, filename, lineno, file, line)
 
 
-if getattr(warnings.showwarning, "__module__", None) != __name__:
-    _python_showwarning = warnings.showwarning
+if getattr(warnings.showwarning, "__module__", None) != __name__:  # (once, even if this module is reloaded)
+    _python_showwarning = warnings.showwarning  # whatever showed warnings before: it shows all the others
     warnings.showwarning = _showwarning
 
 

@@ -100,8 +100,8 @@ def plan(scheduler, steps: int) -> Plan:
     timesteps = s.timesteps.detach().cpu().double().numpy()
     trained = int(s.config.get("num_train_timesteps", 1000))
     if len(timesteps) and timesteps.max() >= trained:  # DDIM's "leading" spacing + steps_offset 1 at n = T
-        most = int(np.sum(np.arange(trained) + s.config.get("steps_offset", 0) < trained)) if \
-            s.config.get("timestep_spacing") == "leading" else trained - 1
+        most = trained - int(s.config.get("steps_offset", 0)) if s.config.get("timestep_spacing") == "leading" \
+            else trained - 1
         raise InvalidArgument(f"steps={steps}: {type(scheduler).__name__} would step from timestep "
                               f"{int(timesteps.max())}, past the model's {trained} training timesteps (its "
                               f"timestep_spacing {s.config.get('timestep_spacing')!r} with steps_offset "
