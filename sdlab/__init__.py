@@ -12,6 +12,7 @@ from .forward_process import add_noise
 from .errors import (BusyError, GenerationError, InvalidArgument, MissingDependency, MissingFile, NotSupported,
                      RunTimeout, SdlabError, WrongType)
 from .previews import PreviewUnavailable
+from .prompt_syntax import prompt_schedule, prompt_weights
 from .generation import Job, Prepared, generate, generate_async, prepare, prepare_settings
 from .records import Run, StepEvent, StepRecord
 from .infotext import parse_infotext, read_settings
@@ -72,7 +73,7 @@ __all__ = [
     "SdlabError", "InvalidArgument", "WrongType", "RunTimeout", "NotSupported", "MissingFile", "MissingDependency",
     "PreviewUnavailable", "BusyError", "GenerationError", "Job", "Prepared", "Run", "RunOptions", "Settings", "StepEvent", "StepRecord",
     "generate", "prepare", "prepare_settings", "config_changes", "Denoiser",
-    "generate_async", "parse_infotext", "read_settings", "Sweep", "sweep", "add_noise", "toy", "Accuracy", "sampler_accuracy",
+    "generate_async", "parse_infotext", "read_settings", "prompt_schedule", "prompt_weights", "Sweep", "sweep", "add_noise", "toy", "Accuracy", "sampler_accuracy",
     "DEFAULT_MODEL", "Lab", "LoadError", "ModelNotAvailable", "ModelUnloadedError", "SdlabNotice",
     "SdlabWarning", "UnsafeCheckpointError", "UnsupportedModelError", "load", "loaded", "max_resident",
     "set_max_resident", "unload", "__version__", "Plan", "Sampler", "describe", "effective_config",

@@ -10,9 +10,11 @@ A1111's result sdlab cannot reproduce, so that a different picture is explained 
   sdlab, like diffusers, draws it with a CPU ``torch.Generator``, and gives a batch one generator where
   A1111 seeds image i with seed + i;
 - ``ENSD`` (eta noise seed delta), which offsets the seed of A1111's per-step sampler noise;
-- ``Clip skip`` above 1 (A1111 takes the text encoder's earlier layer);
-- A1111's prompt syntax: emphasis ``(word:1.2)``, ``(word)``, ``[word]``, ``BREAK``, ``<lora:...>``,
-  which diffusers reads as plain text (modules/prompt_parser.py parses it in A1111);
+- A1111's prompt syntax only where the settings ask for ``prompt_syntax="plain"``: by default sdlab reads
+  emphasis, ``BREAK``, prompt editing, alternation, long prompts and Clip skip as A1111 does
+  (sdlab.prompt_encoding); extra-network tags and ``AND`` are said by the run's prompt plan;
+- A1111's old prompt-editing timeline (infotext ``Old prompt editing timelines: True``), and a prompt and
+  negative prompt of different chunk counts that A1111 ran unpadded (no ``Pad conds: True``);
 - a second pass (Hires fix, img2img denoising), a variation seed, another model, and any other field.
 
 Data in, sentences out: no pipeline, no widgets.
@@ -31,8 +33,9 @@ _RE_BREAK = re.compile(r"\bBREAK\b")
 _RE_NETWORK = re.compile(r"<(lora|lyco|hypernet)\s*:[^>]*>", re.IGNORECASE)
 
 # Fields parse_infotext reads into Settings, or that change nothing in the picture
-_USED = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Batch size", "Eta"}
-_HARMLESS = {"Version", "Model hash", "VAE hash", "Lora hashes", "TI hashes", "Emphasis", "Pad conds",
+_USED = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Batch size", "Eta", "Clip skip",
+         "Emphasis"}
+_HARMLESS = {"Version", "Model hash", "VAE hash", "Lora hashes", "TI hashes", "Pad conds",
              "Token merging ratio", "NGMS", "Downcast alphas_cumprod"}
 _SECOND_PASS = ("Denoising strength", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler",
                 "Hires sampler", "Hires schedule type", "Hires CFG Scale", "Hires prompt", "Mask blur")
@@ -79,17 +82,18 @@ def differences(settings, sampler=None, model: str | None = None) -> list[str]:
         out.append(f"ENSD: {ensd}: A1111 seeded its sampler's per-step noise with seed + {ensd}; sdlab's {sampler.name} "
                    "draws it from the run's own generator, so the noise added during sampling differs.")
 
-    clip_skip = extra.get("Clip skip")
-    if clip_skip not in (None, "", "1"):
-        out.append(f"Clip skip: {clip_skip}: A1111 conditioned on the text encoder's layer {clip_skip} from the end; "
-                   "sdlab uses its last layer, as diffusers does by default.")
-
-    for name, text in (("prompt", settings.prompt), ("negative prompt", settings.negative_prompt)):
-        syntax = prompt_syntax(text)
-        if syntax:
-            shown = ", ".join(dict.fromkeys(syntax[:4]))
-            out.append(f"The {name} uses A1111 syntax ({shown}{', ...' if len(syntax) > 4 else ''}): A1111 weights "
-                       "or loads those parts; diffusers reads brackets, weights and tags as plain text.")
+    if getattr(settings, "prompt_syntax", "auto") == "plain":
+        for name, text in (("prompt", settings.prompt), ("negative prompt", settings.negative_prompt)):
+            syntax = prompt_syntax(text)
+            if syntax:
+                shown = ", ".join(dict.fromkeys(syntax[:4]))
+                out.append(f"The {name} uses A1111 syntax ({shown}{', ...' if len(syntax) > 4 else ''}) and "
+                           "prompt_syntax='plain' sends it as plain text: A1111 weights or loads those parts. Leave "
+                           "prompt_syntax at 'auto' to read it as A1111 does.")
+    if extra.get("Old prompt editing timelines") == "True":
+        out.append("Old prompt editing timelines: True: A1111 read [a:b:1.0]-style numbers of 1 and above as step "
+                   "numbers; sdlab reads a number with a decimal point as a fraction of the steps (A1111's current "
+                   "rule), so a prompt edit may switch at another step.")
 
     second = [k for k in _SECOND_PASS if k in extra]
     if second:
@@ -107,9 +111,20 @@ def differences(settings, sampler=None, model: str | None = None) -> list[str]:
     elif "Model hash" in extra and not wanted:
         out.append(f"A1111 used the model with hash {extra['Model hash']}; sdlab cannot check that it is {model!r}.")
 
-    handled = _USED | _HARMLESS | set(_SECOND_PASS) | set(_VARIATION) | {"RNG", "ENSD", "Clip skip", "Model"}
+    handled = _USED | _HARMLESS | set(_SECOND_PASS) | set(_VARIATION) | {"RNG", "ENSD", "Model",
+                                                                         "Old prompt editing timelines"}
     rest = [k for k in extra if k not in handled and k != "Sampler"]
     if rest:
         out.append(f"Not used by sdlab: {', '.join(f'{k}: {extra[k]}' for k in rest)}.")
     return out
 
+
+def padding_difference(settings, padded: bool) -> list[str]:
+    """What differs when sdlab padded the prompt and the negative prompt to one chunk count and A1111 did not
+    (its option "Pad prompt/negative prompt to be same length" off: no ``Pad conds: True`` in the infotext)."""
+    if getattr(settings, "origin", None) != ORIGIN or not padded or (settings.extra or {}).get("Pad conds") == "True":
+        return []
+    return ["The prompt and the negative prompt take different numbers of 75-token chunks: A1111 (without its option "
+            "'Pad prompt/negative prompt to be same length') ran them through the UNet unpadded, each at its own "
+            "length; diffusers' pipeline takes one tensor for both, so sdlab pads the shorter with empty chunks, as "
+            "that option does, and the picture differs slightly."]

@@ -47,8 +47,15 @@ class Denoiser:
         self.exact = is_teaching_model(self.unet)
         self.dtype = torch.float64 if self.exact else self.unet.dtype
         self.device = self.unet.device
-        with torch.no_grad():
-            cond, uncond = pipe.encode_prompt(prompt, self.device, 1, self.guided, negative_prompt or None)
+        from .prompt_encoding import conditioning, needs_encoding
+
+        if needs_encoding(lab, prompt, negative_prompt, "auto", 1):
+            # A1111's prompt syntax or a prompt past 77 tokens: read as a run reads it (sdlab.prompt_encoding),
+            # the text in effect at the first step where the prompt is edited during sampling
+            cond, uncond = conditioning(lab, prompt, negative_prompt, step=1, steps=checks.MAX_STEPS)
+        else:
+            with torch.no_grad():
+                cond, uncond = pipe.encode_prompt(prompt, self.device, 1, self.guided, negative_prompt or None)
         self.context = torch.cat([uncond, cond]) if self.guided else cond
         self.calls = 0
 

@@ -63,6 +63,7 @@ class Prepared:
     sampler: catalog.Sampler | None  # the catalog entry (None for a scheduler that matches none)
     scheduler: Any = None  # a scheduler object the user gave (used as it is, a copy per run)
     recipe: Recipe | None = None  # what the sampler and schedule resolved to (sdlab.recipe_of)
+    prompts: Any = None  # sdlab.prompt_encoding.PromptPlan when sdlab encodes the prompts (A1111 syntax), else None
 
 
 def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
@@ -105,7 +106,14 @@ def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
         seed = secrets.randbelow(2 ** 32)
     else:
         seed = checks.whole("seed", seed, low=0, high=2 ** 63 - 1, hint=" None draws a random one.")
-    s = replace(s, steps=steps, eta=eta, schedule_params=params, cfg=cfg, batch_size=batch)
+    from . import prompt_encoding as PE
+
+    syntax = checks.choice("prompt_syntax", s.prompt_syntax, PE.SYNTAX,
+                           hint=" 'auto' reads A1111's syntax where the prompt has it; 'plain' sends the text as it is.")
+    emphasis = PE.emphasis_mode(s.emphasis)
+    clip_skip = PE.check_clip_skip(lab, s.clip_skip)
+    s = replace(s, steps=steps, eta=eta, schedule_params=params, cfg=cfg, batch_size=batch, prompt_syntax=syntax,
+                emphasis=emphasis, clip_skip=clip_skip)
     done = replace(s, width=int(width), height=int(height), seed=int(seed))
     if scheduler is not None and (s.sampler, s.schedule) != (Settings.sampler, Settings.schedule):
         raise InvalidArgument(f"generate got scheduler=... and also sampler={s.sampler!r} / schedule={s.schedule!r}: the "
@@ -127,14 +135,27 @@ def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
         recipe = recipes.recipe_of(scheduler)  # the settings name what it runs, as for a catalog sampler
         done = replace(done, sampler=recipe.sampler, schedule=recipe.schedule, schedule_params=recipe.schedule_params,
                        scheduler_config=config)
-        return Prepared(settings=done, requested=s, sampler=recipe.entry, scheduler=scheduler, recipe=recipe)
+        return _with_prompts(lab, Prepared(settings=done, requested=s, sampler=recipe.entry, scheduler=scheduler,
+                                           recipe=recipe))
     spec, concrete = catalog.resolve(s.sampler, s.schedule)  # the one name resolution of a run
     catalog.check_params(spec, concrete, s.schedule_params)
     recipe = recipes.Recipe.of(spec, concrete, family=lab.family, params=s.schedule_params)
     if recipe.has_formula:  # levels a scheduler can step through, or the reason now
         recipe.levels(int(s.steps), S.TrainingSchedule.of(lab))
-    return Prepared(settings=replace(done, sampler=spec.name, schedule=concrete), requested=s, sampler=spec,
-                    recipe=recipe)
+    return _with_prompts(lab, Prepared(settings=replace(done, sampler=spec.name, schedule=concrete), requested=s,
+                                       sampler=spec, recipe=recipe))
+
+
+def _with_prompts(lab, prepared: Prepared) -> Prepared:
+    """The prepared run with its prompts' plan: None for plain text within the encoder's window (the pipeline
+    reads it, as a plain pipe() call does), else A1111's schedule of texts (sdlab.prompt_encoding)."""
+    from . import prompt_encoding as PE
+
+    s = prepared.settings
+    order = prepared.sampler.order if prepared.sampler is not None else 1
+    plan = PE.plan_prompts(lab, s.prompt, s.negative_prompt, steps=s.steps, calls_per_step=order,
+                           syntax=s.prompt_syntax, emphasis=s.emphasis, clip_skip=s.clip_skip)
+    return replace(prepared, prompts=plan)
 
 
 def _size_hint(value, factor: int, native: int) -> str:
@@ -184,12 +205,15 @@ def scheduler_for(lab, prepared: Prepared):
     return recipes.build(recipe, lab.default_scheduler.config, seed=s.seed, **options)
 
 
-def pipe_kwargs(lab, settings: Settings) -> dict:
-    """The exact arguments of the plain diffusers call this run stands for."""
+def pipe_kwargs(lab, settings: Settings, encoded=None) -> dict:
+    """The exact arguments of the plain diffusers call this run stands for. ``encoded``: the prompts as sdlab
+    encoded them (``prompt_encoding.encode``), passed as embeddings instead of the text."""
     kwargs = dict(prompt=settings.prompt, negative_prompt=settings.negative_prompt or None,
                   guidance_scale=float(settings.cfg), num_inference_steps=int(settings.steps),
                   width=settings.width, height=settings.height, num_images_per_prompt=settings.batch_size,
                   generator=lab.generator(settings.seed))
+    if encoded is not None:
+        kwargs.update(encoded.pipe_kwargs())
     if settings.eta is not None:
         kwargs["eta"] = float(settings.eta)
     return kwargs
@@ -303,8 +327,9 @@ class _Tap:
     """The read-only taps on one run of the pipeline: hooks, records, previews."""
 
     def __init__(self, lab, run: Run, scheduler, options: RunOptions, previewer: Previewer | None,
-                 stop: threading.Event):
+                 stop: threading.Event, encoded=None):
         self.lab, self.run, self.scheduler, self.options = lab, run, scheduler, options
+        self.encoded = encoded  # prompt_encoding.Encoded: the prompts sdlab encoded (A1111 syntax), else None
         self.previewer, self.stop = previewer, stop
         self.host = _Host(lab.device, options.record_dtype)
         self.clock = _Clock(lab.device)
@@ -372,7 +397,13 @@ class _Tap:
                          timestep=timestep, sigma=sigma, nfe=i + 1,
                          latents=self.host(latents) if record else None, x0=self.host(self.x0) if record else None,
                          noise_uncond=noise[0], noise_cond=noise[1], seconds=seconds,
-                         xt_scale=C.xt_scale(sigma, plan.variance_exploding), family=run.family)
+                         xt_scale=C.xt_scale(sigma, plan.variance_exploding), family=run.family,
+                         prompt=run.settings.prompt, negative_prompt=run.settings.negative_prompt)
+        switch = None
+        if self.encoded is not None:
+            rec.prompt, rec.negative_prompt = self.encoded.plan.texts_at(i)
+            if self.encoded.plan.edits and i + 1 < plan.nfe and self.encoded.at(i + 1) != self.encoded.at(i):
+                switch = self._embeds(pipe, i + 1)  # prompt editing: the next call's conditioning
         run.records.append(rec)
         preview = channels = None
         if self.previewer is not None:
@@ -388,7 +419,22 @@ class _Tap:
             self.options.on_step(StepEvent(run, rec, preview, channels))
         if self.stop.is_set():
             pipe._interrupt = True  # diffusers skips the remaining iterations, then decodes (PR 5867)
-        return {}
+        return switch or {}
+
+    def _embeds(self, pipe, call: int) -> dict:
+        """The conditioning of UNet call ``call`` in the form the pipeline keeps it during its loop (one row per
+        image, negative rows first under CFG): what callback_on_step_end returns to switch prompts."""
+        pos, neg = self.encoded.at(call)
+        b = self.run.settings.batch_size
+        cfg = pipe.do_classifier_free_guidance
+
+        def rows(t):
+            return t.repeat(b, *([1] * (t.dim() - 1)))
+
+        out = {"prompt_embeds": torch.cat([rows(neg.embeds), rows(pos.embeds)]) if cfg else rows(pos.embeds)}
+        if pos.pooled is not None:  # SDXL: the pooled embedding is conditioning too (added_cond_kwargs text_embeds)
+            out["add_text_embeds"] = torch.cat([rows(neg.pooled), rows(pos.pooled)]) if cfg else rows(pos.pooled)
+        return out
 
     def first_non_finite(self) -> int | None:
         """The first UNet call after which the latents held NaN/inf (None if none did): one transfer."""
@@ -532,9 +578,10 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
                   threads=torch.get_num_threads() if lab.device.type == "cpu" else None)
         # what will differ from the tool whose names the user typed (the plan's notes) or whose infotext
         # is regenerated, and prompt words the model cannot read: said before the first step, kept with the run
+        prompts = prepared.prompts
         for problem in (*run.plan.notes, *a1111.differences(settings, prepared.sampler, lab.source),
-                        *prompt_problems(lab, settings.prompt, settings.negative_prompt),
-                        *_size_notes(lab, settings)):
+                        *prompt_problems(lab, settings.prompt, settings.negative_prompt, prompts),
+                        *(prompts.notes if prompts is not None else ()), *_size_notes(lab, settings)):
             run.problems.append(problem)
             run.notices.append(problem)
             notice(f"sdlab: {problem}", stacklevel=4)
@@ -542,13 +589,25 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
             started(run)
         pipe = lab.pipe
         installed = pipe.scheduler  # what the user set (set_sampler, or by hand): back after the run
-        pipe.scheduler = scheduler
         t0 = time.perf_counter()
-        tap = _Tap(lab, run, scheduler, options, previewer, stop)
+        encoded = None
+        if prompts is not None:  # A1111's conditioning, encoded before the loop with the model's text encoders
+            from .prompt_encoding import encode
+
+            encoded = encode(lab, prompts)
+            run.prompt_plan = prompts
+            run.prompt_chunks = encoded.prompt[0].chunks
+            run.padded_conds = encoded.padded
+            for problem in a1111.padding_difference(settings, encoded.padded):
+                run.problems.append(problem)
+                run.notices.append(problem)
+                notice(f"sdlab: {problem}", stacklevel=4)
+        pipe.scheduler = scheduler
+        tap = _Tap(lab, run, scheduler, options, previewer, stop, encoded)
         try:
             said_already.depth += 1  # (the prompt's truncation was said above: diffusers' own line is dropped)
             with tap, torch.inference_mode():
-                out = pipe(**pipe_kwargs(lab, settings), output_type="np", callback_on_step_end=tap.callback,
+                out = pipe(**pipe_kwargs(lab, settings, encoded), output_type="np", callback_on_step_end=tap.callback,
                            callback_on_step_end_tensor_inputs=["latents"])
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
             if isinstance(exc, RuntimeError) and not isinstance(exc, torch.OutOfMemoryError) \

@@ -45,6 +45,14 @@ def format_infotext(run) -> str:
         params["Batch size"] = s.batch_size
     if s.eta is not None:
         params["Eta"] = s.eta
+    if getattr(s, "clip_skip", 1) != 1:  # A1111 writes Clip skip only above 1 (processing.py create_infotext)
+        params["Clip skip"] = s.clip_skip
+    if getattr(s, "emphasis", "original") != "original":
+        from .prompt_encoding import EMPHASIS_LABEL
+
+        params["Emphasis"] = EMPHASIS_LABEL.get(s.emphasis, s.emphasis)
+    if getattr(run, "padded_conds", False):  # the prompt and the negative prompt took different chunk counts
+        params["Pad conds"] = True
     for key, value in s.schedule_params.items():
         params[f"Schedule {key}"] = value
     if custom:  # no catalog sampler and schedule: say so; the sdlab chunk holds the whole config
@@ -234,6 +242,10 @@ def parse_infotext(text: str) -> Settings:
             settings["batch_size"] = _field(key, value, int)
         elif key == "Eta":
             settings["eta"] = _field(key, value, float)
+        elif key == "Clip skip":
+            settings["clip_skip"] = _field(key, value, int)
+        elif key == "Emphasis":
+            settings["emphasis"] = value  # A1111's name ("No norm"); generate() refuses an unknown one, naming it
         elif _schedule_param(key) is not None and _number(value) is not None:
             schedule_params[_schedule_param(key)] = _number(value)
         else:

@@ -240,6 +240,7 @@ class Lab:
                  cfg: float = DEFAULT, sampler: str = DEFAULT, schedule: str = DEFAULT, steps: int = DEFAULT,
                  seed: int | None = DEFAULT, width: int | None = DEFAULT, height: int | None = DEFAULT,
                  batch_size: int = DEFAULT, eta: float | None = DEFAULT, schedule_params: dict = DEFAULT,
+                 prompt_syntax: str = DEFAULT, emphasis: str = DEFAULT, clip_skip: int = DEFAULT,
                  preview: str | None = DEFAULT, preview_target: str = DEFAULT, preview_channels: bool = DEFAULT,
                  on_step=DEFAULT, record: bool = DEFAULT, record_dtype: torch.dtype = DEFAULT, taesd=DEFAULT,
                  scheduler=None, stop=None, queue: bool = False, **aliases) -> "Run":
@@ -251,6 +252,9 @@ class Lab:
           "Euler a", "DPM++ 2M SDE", "dpmpp_2m"...), schedule "automatic" ("Karras", "exponential", ...),
           steps 20, seed None (random; the run records the seed used), width / height None (the model's
           size), batch_size 1, eta None (the sampler's own), schedule_params {} (e.g. {"rho": 7}).
+        prompt_syntax "auto": A1111's prompt syntax where the prompt uses it ((word:1.2), [cat:dog:0.5],
+          [red|blue], BREAK, prompts past 77 tokens); "a1111" always, "plain" never. emphasis "original"
+          (A1111's modes "no_norm", "ignore", "none", or "comfyui"); clip_skip 1 (A1111's Clip skip).
         preview: None, "approx", "taesd" or "vae" (what on_step's events carry); preview_target "x0" or
           "xt"; preview_channels False. on_step: called with a StepEvent after every UNet call.
         record True / record_dtype torch.float16: keep every step's latents, x0 and noise predictions.
@@ -269,6 +273,7 @@ class Lab:
                        cfg: float = DEFAULT, sampler: str = DEFAULT, schedule: str = DEFAULT, steps: int = DEFAULT,
                        seed: int | None = DEFAULT, width: int | None = DEFAULT, height: int | None = DEFAULT,
                        batch_size: int = DEFAULT, eta: float | None = DEFAULT, schedule_params: dict = DEFAULT,
+                       prompt_syntax: str = DEFAULT, emphasis: str = DEFAULT, clip_skip: int = DEFAULT,
                        preview: str | None = DEFAULT, preview_target: str = DEFAULT,
                        preview_channels: bool = DEFAULT, on_step=DEFAULT, record: bool = DEFAULT,
                        record_dtype: torch.dtype = DEFAULT, taesd=DEFAULT, scheduler=None, on_done=None,

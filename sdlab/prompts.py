@@ -3,11 +3,11 @@
 ``prompt_problems(lab, prompt, negative_prompt)`` returns sentences for ``run.problems``; generation shows
 each as a notice. Two cases:
 
-- Words past the text encoder's window. CLIP reads 77 tokens (75 plus start and end); diffusers'
-  ``encode_prompt`` cuts the rest and only logs it (pipelines/stable_diffusion/pipeline_stable_diffusion.py).
-  sdlab keeps diffusers' behaviour, so that a run stays identical to a plain ``pipe(...)`` call, and names
-  the dropped words. A1111 instead encodes long prompts in chunks of 75 tokens and concatenates them
-  (modules/sd_hijack_clip.py), so for such prompts its picture differs: said in the same sentence.
+- Words past the text encoder's window, with ``prompt_syntax="plain"``. CLIP reads 77 tokens (75 plus start
+  and end); diffusers' ``encode_prompt`` cuts the rest and only logs it
+  (pipelines/stable_diffusion/pipeline_stable_diffusion.py). sdlab names the dropped words. By default
+  ("auto") a long prompt is encoded in chunks of 75 tokens, as A1111 does (sdlab.prompt_encoding), and
+  nothing is dropped.
 - For the toy model: words outside its vocabulary, which its text encoder ignores.
 """
 from __future__ import annotations
@@ -26,9 +26,19 @@ def truncated(tokenizer, text: str) -> tuple[int, str] | None:
     return len(ids), dropped if len(dropped) <= 200 else f"{dropped[:90]} ... {dropped[-90:]}"
 
 
-def prompt_problems(lab, prompt: str, negative_prompt: str = "") -> list[str]:
+def prompt_problems(lab, prompt: str, negative_prompt: str = "", plan=None) -> list[str]:
+    """``plan``: the prompts' plan when sdlab encodes them A1111's way (``prompt_encoding.plan_prompts``): then
+    nothing is cut (long prompts take more chunks), and the words are those of its texts, without the syntax."""
     problems: list[str] = []
     tokenizer = getattr(getattr(lab, "pipe", None), "tokenizer", None)
+    if plan is not None and plan.syntax != "plain":
+        from .prompt_syntax import prompt_weights
+
+        def words(schedule):
+            return " ".join(t for _, text in schedule for t, w in prompt_weights(text) if not (t == "BREAK" and w == -1))
+
+        prompt, negative_prompt = words(plan.prompt), words(plan.negative)
+        tokenizer = None
     if tokenizer is not None:
         for field, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
             cut = truncated(tokenizer, text)
@@ -36,8 +46,8 @@ def prompt_problems(lab, prompt: str, negative_prompt: str = "") -> list[str]:
                 length, dropped = cut
                 problems.append(
                     f"The {field} is {length} tokens and the text encoder reads {tokenizer.model_max_length}: "
-                    f"these words are dropped: {dropped!r}. Shorten it or put what matters first (A1111 would "
-                    f"encode it in chunks of 75 tokens instead, so its picture differs).")
+                    f"these words are dropped: {dropped!r}. Shorten it, put what matters first, or "
+                    f"leave prompt_syntax at 'auto' to encode it in chunks of 75 tokens as A1111 does.")
     from .toy import is_teaching_model
 
     if is_teaching_model(lab):

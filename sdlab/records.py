@@ -44,6 +44,10 @@ class StepRecord:
     seconds: float = float("nan")  # wall time of this call
     xt_scale: float = 1.0  # latents x this = the variance-preserving x_t (see record_tensor)
     family: str = "sd1"  # the model family's latent space ("sd1", "sd2", "sdxl", "toy"): how to show the tensors
+    # the texts this call was conditioned on: the run's prompt, or with A1111's prompt editing / alternation the
+    # schedule's text in effect at this call (emphasis syntax kept; sdlab.prompt_syntax.prompt_weights reads it)
+    prompt: str | None = None
+    negative_prompt: str | None = None
 
     @property
     def steps(self) -> int:
@@ -126,6 +130,12 @@ class Run:
     # torch's CPU threads during the run (None on a GPU): float sums split differently with another count, so a
     # run is bit-identical to another of the same settings on the CPU only with the same count (README)
     threads: int | None = None
+    # how sdlab read the prompts when it encoded them itself (A1111 syntax, long prompts, Clip skip): the
+    # schedules of texts (sdlab.prompt_encoding.PromptPlan) and the chunks of 75 tokens each conditioning has;
+    # None / 1 when the pipeline read plain text
+    prompt_plan: Any = None
+    prompt_chunks: int = 1
+    padded_conds: bool = False  # the prompt and the negative prompt took different chunk counts (padded to one)
 
     @property
     def steps(self) -> list[StepRecord]:

@@ -14,7 +14,7 @@ from .errors import InvalidArgument, WrongType
 
 # diffusers' and A1111's names for the same settings
 ALIASES = {"guidance_scale": "cfg", "cfg_scale": "cfg", "num_inference_steps": "steps",
-           "num_images_per_prompt": "batch_size", "schedule_type": "schedule"}
+           "num_images_per_prompt": "batch_size", "schedule_type": "schedule", "emphasis_mode": "emphasis"}
 
 
 @dataclass
@@ -33,6 +33,13 @@ class Settings:
     batch_size: int = 1
     eta: float | None = None  # DDIM / ancestral noise amount where the scheduler takes it
     schedule_params: dict = field(default_factory=dict)
+    # How the prompts are read (sdlab.prompt_encoding): "auto" reads A1111's syntax ((word:1.2), [a:b:0.5],
+    # BREAK, prompts past 77 tokens) where the prompt has it, "a1111" always, "plain" never (the text goes to
+    # the pipeline as it is). emphasis: A1111's "Emphasis mode" ("original", "no_norm", "ignore", "none") or
+    # "comfyui"; clip_skip: A1111's Clip skip (1 the text encoder's last layer, 2 the penultimate).
+    prompt_syntax: str = "auto"
+    emphasis: str = "original"
+    clip_skip: int = 1
     # A scheduler given as an object rather than by name: its diffusers class and config
     # ({"_class_name": ..., **config}). When set it decides, and sampler / schedule name its catalog entry.
     scheduler_config: dict | None = None

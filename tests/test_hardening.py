@@ -188,11 +188,19 @@ def test_nan_latents_say_the_step_and_fit_the_dtype(lab):
 # --- 6. prompts longer than the text encoder's window ---------------------------------------------------
 def test_truncated_prompt_and_negative_prompt_are_kept_with_every_run(lab, caplog):
     long = "a photo of a lighthouse, " * 12 + "purple dragon"
+    negative = "blurry, " * 40 + "watermark"
+    # read as A1111 reads it (the default), a long prompt takes more chunks of 75 tokens: nothing is dropped,
+    # and neither transformers nor diffusers has anything to say about it
+    with warnings.catch_warnings(record=True) as said, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        run = lab.generate(long, negative_prompt=negative, steps=1, seed=1, width=32, height=32)
+    assert run.prompt_chunks > 1 and not [w for w in said if "dropped" in str(w.message)]
+    assert not [r for r in caplog.records if "77" in r.getMessage()] and run.problems == []
     for k in range(2):  # the notice is said once per session; every run keeps it in its problems
         with warnings.catch_warnings(record=True) as said, caplog.at_level(logging.WARNING):
             warnings.simplefilter("always")
-            run = lab.generate(long, negative_prompt="blurry, " * 40 + "watermark", steps=1, seed=1,
-                               width=32, height=32)
+            run = lab.generate(long, negative_prompt=negative, steps=1, seed=1, width=32, height=32,
+                               prompt_syntax="plain")
         assert len([w for w in said if "dropped" in str(w.message)]) == (2 if k == 0 else 0)
         # transformers' and diffusers' own lines about it (stderr in a notebook) are not repeated
         assert not [r for r in caplog.records if "77" in r.getMessage()]

@@ -84,7 +84,9 @@ def test_denoiser_matches_a_brute_force_posterior_mean(prediction_type, t):
     ehs = pipe.text_encoder(pipe.tokenizer(prompts, padding="max_length", return_tensors="pt").input_ids)[0].double()
     x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(int(t)), dtype=torch.float64)
     out = pipe.unet(x, torch.tensor(t), encoder_hidden_states=ehs, return_dict=False)[0]
-    x0, sigma, a = _brute_force_x0(x, t, ehs[:, 0].numpy(), pipe.unet.config.prompt_weight, f)
+    # the per-token encoding, reduced by the UNet, must mean what the prompt says as a whole (allowed_for)
+    allowed = np.stack([sdlab.toy.allowed_for(p) for p in prompts])
+    x0, sigma, a = _brute_force_x0(x, t, allowed, pipe.unet.config.prompt_weight, f)
     s_vp = np.sqrt(1 - a * a)
     eps = (x - a * x0) / s_vp
     expected = eps if prediction_type == "epsilon" else a * eps - s_vp * x0

@@ -131,6 +131,29 @@ def allowed_vector(meanings) -> np.ndarray:
     return np.array([1.0 if (not named[g] or v in named[g]) else 0.0 for g, v in VALUES])
 
 
+def token_features(meanings) -> np.ndarray:
+    """(L, FEATURES): what each token of one encoder window says, one row per token: 1 at the attribute value
+    the token names, 0 elsewhere (and everywhere for start, end, padding, stop words and unknown words).
+
+    "center" / "middle" name the middle column and / or row, whichever the window names no other value of,
+    as ``allowed_vector`` reads them. Per token, so that A1111's emphasis (which multiplies each token's
+    embedding by its weight) reaches the attribute the word names."""
+    meanings = list(meanings)
+    named = {m[0] for m in meanings if m is not None}
+    out = np.zeros((len(meanings), FEATURES))
+    index = {gv: i for i, gv in enumerate(VALUES)}
+    for row, m in enumerate(meanings):
+        if m is None:
+            continue
+        if m[0] == "position":
+            for group, value in (("column", "center"), ("row", "middle")):
+                if group not in named:
+                    out[row, index[(group, value)]] = 1.0
+        else:
+            out[row, index[m]] = 1.0
+    return out
+
+
 def allowed_for(text: str) -> np.ndarray:
     """The allowed-values vector of a prompt (what the toy's text encoder computes from its tokens)."""
     return allowed_vector(WORDS.get(w) for w in prompt_words(checks.text("text", text)))

@@ -4,9 +4,9 @@
   E[x0 | x_t] = sum_j w_j mu_j with w = softmax_j(log pi_j - ||x_t - sqrt(abar_t) mu_j||^2 / (2 (1 - abar_t))),
   over the 432 pictures mu_j, under SD's own training schedule (scaled_linear betas, 1000 steps),
   returned as the prediction type the scheduler expects (epsilon, or v_prediction for "toy-v").
-- ``ToyTextEncoder``: turns the prompt's tokens into which attribute values the prompt names; the prior
-  pi_j favours the pictures that have them (log pi_j = prompt_weight x the number of named attributes
-  picture j has). So the empty prompt's denoiser averages over all pictures, "a red circle" over mostly
+- ``ToyTextEncoder``: turns each of the prompt's tokens into the attribute value it names; the prior
+  pi_j favours the pictures that have them (log pi_j = prompt_weight x the sum of the strengths with which the
+  prompt names the attributes picture j has: 1 for a plain word, the weight for an A1111-emphasised one). So the empty prompt's denoiser averages over all pictures, "a red circle" over mostly
   red circles, and a negative prompt, which takes the unconditional slot as in SD, favours what it names.
 - ``ToyDecoder`` (the VAE's place): the fixed, smooth decoder of ``sdlab.toy.data``.
 
@@ -69,10 +69,11 @@ ModelMixin, ConfigMixin, register_to_config = _config_mixin()
 
 
 class ToyTextEncoder(ModelMixin, ConfigMixin):
-    """Token ids -> (B, L, 18): at every position, which attribute values the prompt allows (1) or not (0).
+    """Token ids -> (B, L, 18): per token, which attribute value it names (``data.token_features``).
 
-    A group the prompt does not name allows all its values. Unknown words (the tokenizer's <|unk|>) mean
-    nothing. There are no weights; the one-element buffer only carries the pipeline's dtype."""
+    Unknown words (the tokenizer's <|unk|>), stop words, start, end and padding tokens say nothing. The
+    second output is the whole window's allowed-values vector (``data.allowed_vector``), as CLIP's pooled
+    output sums up its window. There are no weights; the one-element buffer only carries the pipeline's dtype."""
 
     @register_to_config
     def __init__(self, meanings: list | None = None, hidden_size: int = D.FEATURES):
@@ -82,11 +83,13 @@ class ToyTextEncoder(ModelMixin, ConfigMixin):
 
     def forward(self, input_ids: torch.Tensor, attention_mask=None, output_hidden_states=None, return_dict=None):
         if output_hidden_states:
-            raise InvalidArgument("The toy text encoder has no layers to skip (clip_skip); leave clip_skip unset.")
-        rows = [D.allowed_vector(self._meanings[i] if 0 <= i < len(self._meanings) else None for i in ids)
-                for ids in input_ids.tolist()]
-        allowed = torch.as_tensor(np.stack(rows), dtype=self.dtype_marker.dtype, device=input_ids.device)
-        hidden = allowed[:, None, :].expand(-1, input_ids.shape[1], -1).contiguous()
+            raise InvalidArgument("The toy text encoder has no layers to skip (clip_skip); leave clip_skip at 1.",
+                                  argument="clip_skip")
+        meanings = [[self._meanings[i] if 0 <= i < len(self._meanings) else None for i in ids]
+                    for ids in input_ids.tolist()]
+        dtype, device = self.dtype_marker.dtype, input_ids.device
+        hidden = torch.as_tensor(np.stack([D.token_features(m) for m in meanings]), dtype=dtype, device=device)
+        allowed = torch.as_tensor(np.stack([D.allowed_vector(m) for m in meanings]), dtype=dtype, device=device)
         return hidden, allowed
 
 
@@ -115,9 +118,15 @@ class ToyUNet(ModelMixin, ConfigMixin):
         return torch.from_numpy(self.training_schedule._t_to_sigma(t))
 
     def log_prior(self, encoder_hidden_states: torch.Tensor, f: D.Factors) -> torch.Tensor:
-        allowed = encoder_hidden_states[:, 0, :].double()
-        onehot = torch.as_tensor(f.onehot, device=allowed.device)
-        return self.config.prompt_weight * (allowed @ onehot.T)  # (B, N)
+        """log pi_j = prompt_weight x sum over the attribute values picture j has of how strongly the prompt
+        names each: per value, the token that names it most strongly (largest |feature|, sign kept), over the
+        whole sequence (all of A1111's chunks). A plain prompt names its values with strength 1; emphasis
+        ``(red:1.5)`` scales red's share of the log-prior, a negative weight turns it into a penalty. Values
+        of groups the prompt does not name get 0 for every picture, which changes nothing in the softmax."""
+        h = encoder_hidden_states.double()  # (B, L, 18)
+        strongest = h.gather(1, h.abs().argmax(1, keepdim=True))[:, 0]  # (B, 18)
+        onehot = torch.as_tensor(f.onehot, device=h.device)
+        return self.config.prompt_weight * (strongest @ onehot.T)  # (B, N)
 
     def denoise(self, x: torch.Tensor, sigma, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         """x0 for variance-exploding x = x0 + sigma eps (float64)."""
