@@ -7,6 +7,7 @@ show. A Drawn displays itself in a notebook.
 from __future__ import annotations
 
 import io
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -356,12 +357,18 @@ def step_grid(runs: Sequence[Run] | Sweep, steps: Sequence[int] | int = 6, *, ta
         f"{r.scheduler_report.get('sampler')}\n{r.scheduler_report.get('schedule')}, NFE {r.nfe}" for r in runs]
     for i, run in enumerate(runs):
         per_step = last_record_per_step(run)
+        edited = len(run.prompt_changes()) > 1  # A1111 prompt editing: say under a cell where the prompt changed
+        previous = None
         for j, k in enumerate(cols):
             ax = axes[i, j]
             ax.set_xticks([])
             ax.set_yticks([])
             if k in per_step:
                 images[i][j] = ax.imshow(_decode(per_step[k], target, run.family, vae), interpolation="nearest")
+                shown = run.prompt_shown(run.records.index(per_step[k])) if edited else None
+                if shown is not None and shown != previous:
+                    ax.set_xlabel(textwrap.fill(f"prompt: {shown}", 28), fontsize="x-small", color="#06c")
+                previous = shown
             if i == 0:
                 ax.set_title(f"step {k}", color="#c00", fontsize="medium")
             if j == 0:

@@ -184,6 +184,8 @@ CALLS = [
     Call("Lab.decode", lambda w, **k: w.lab.decode(**k), lambda w: dict(latents=w.run.final_latents)),
     Call("Lab.encode", lambda w, **k: w.lab.encode(**k), lambda w: dict(images=w.run.images[0])),
     Call("Run.save", lambda w, **k: w.run.save(**k), lambda w: dict(path=w.tmp / "run.png")),
+    Call("Run.prompt_shown", lambda w, **k: w.run.prompt_shown(**k), lambda w: dict(index=-1)),
+    Call("Run.prompt_changes", lambda w, **k: w.run.prompt_changes(**k), lambda w: dict()),
     Call("Denoiser", lambda w, **k: sdlab.Denoiser(**k), lambda w: dict(lab=w.lab, prompt="a cat", negative_prompt="",
                                                                        cfg=7.0)),
     Call("Denoiser.__call__", lambda w, **k: sdlab.Denoiser(w.lab, "a cat")(**k),

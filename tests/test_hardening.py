@@ -632,7 +632,7 @@ def test_the_studio_checks_its_arguments_and_widens_a_slider_instead_of_clamping
     studio.close()
     # every problem of a run is shown, not only the last: a prompt and a negative prompt both cut at 77 tokens
     studio = sdlab.Studio(lab, prompt="red " * 100, negative_prompt="blue " * 100, steps=2, width=32, height=32,
-                          output_dir=tmp_path)
+                          prompt_syntax="plain", output_dir=tmp_path)
     studio.on_generate()
     _wait_idle(studio)
     assert "The prompt is 302 tokens" in studio.notes.value and "The negative prompt is 402 tokens" in studio.notes.value

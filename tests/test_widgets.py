@@ -444,3 +444,28 @@ def test_a_studio_built_under_a_presentation_scale_is_that_much_larger(lab, tmp_
     assert "sdlab-scale-160" in big._dom_classes and ".sdlab-scale-160{" in style
     assert "--jp-widgets-font-size:21px" in style and "--jp-widgets-inline-height:45px" in style
     assert normal.children[0].value == "" and "sdlab-scale-100" in after._dom_classes
+
+
+def test_the_viewer_the_studio_and_the_step_grid_show_the_prompt_in_effect(lab, tmp_path):
+    """A1111 prompt editing: the text each call was conditioned on is shown where the steps are shown."""
+    from sdlab import plots
+
+    run = lab.generate("a (red:1.2) circle [BREAK|] [a:b:0.5]", sampler="Euler", steps=6, seed=1, width=32, height=32)
+    changes = run.prompt_changes()
+    assert [i for i, _ in changes] == [0, 2, 3, 4, 5] and changes[0][1] == "a (red:1.2) circle BREAK a"
+    viewer = sdlab.StepViewer(run)
+    viewer.slider.value = 5  # record 4: call index 4, where [a:b:0.5] (ends at step 3) has switched to b
+    assert "prompt in effect: &ldquo;a (red:1.2) circle  b&rdquo; <b>(the prompt changes here)</b>" in viewer.info.value
+    viewer.slider.value = 6
+    assert "circle BREAK b&rdquo;" in viewer.info.value and "changes here" in viewer.info.value
+    # a plain prompt adds no line: its settings already say it
+    plain = lab.generate("a red circle", steps=2, seed=1, width=32, height=32)
+    assert plain.prompt_shown() is None and "prompt in effect" not in sdlab.StepViewer(plain).info.value
+    # the Studio's progress line, written after every step of a run, says the prompt in effect then
+    from sdlab.widgets.studio import _progress
+
+    line = _progress(sdlab.StepEvent(run, run.records[4], None), elapsed=1.0)
+    assert line.startswith("step 5/6") and "prompt in effect: &ldquo;a (red:1.2) circle  b&rdquo;" in line
+    drawn = plots.step_grid([run], steps=[1, 2, 3, 4, 5, 6])
+    labels = [ax.get_xlabel().replace("\n", " ") for ax in drawn.axes]
+    assert labels[0].startswith("prompt: a (red:1.2) circle") and labels[2] != "" and "b" in labels[4]

@@ -33,7 +33,7 @@ from ..settings import Settings
 from ..toy import is_teaching_model
 from .controls import SamplerPicker
 from .look import ERROR_STYLE, NOTICE_STYLE, Look, messages, placeholder
-from .viewer import StepViewer, _check_run, _picture
+from .viewer import StepViewer, _check_run, _picture, prompt_line
 
 PREVIEWS = [("approx (fast)", "approx"), ("TAESD", "taesd"), ("full VAE", "vae"), ("off", "off")]
 HISTORY_LIMIT = 24
@@ -454,4 +454,5 @@ def _progress(event: StepEvent, elapsed: float) -> str:
     r = event.record
     rate = r.step / elapsed if elapsed > 0 else 0.0
     eta = (r.total_steps - r.step) / rate if rate > 0 else float("nan")
-    return f"step {r.step}/{r.total_steps} &middot; NFE {r.nfe} &middot; {rate:.1f} it/s &middot; ETA {eta:.0f} s"
+    line = f"step {r.step}/{r.total_steps} &middot; NFE {r.nfe} &middot; {rate:.1f} it/s &middot; ETA {eta:.0f} s"
+    return line + prompt_line(event.run, r.index)  # the prompt in effect now, where sdlab read A1111's syntax

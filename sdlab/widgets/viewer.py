@@ -202,7 +202,20 @@ class StepViewer(W.VBox):
         shown = ("<b>the run's picture</b> (the pipeline's decode of its final latents)" if final else
                  f"{_TARGET_NAMES[self.target.value]} through {html.escape(_DECODER_NAMES[self.decoder.value])}")
         self.info.value = (f"step {rec.step}/{rec.total_steps} &middot; call {rec.index + 1}/{len(run.records)} &middot; "
-                           f"timestep {rec.timestep:.1f} &middot; sigma {sigma} &middot; NFE {rec.nfe} &middot; {shown}")
+                           f"timestep {rec.timestep:.1f} &middot; sigma {sigma} &middot; NFE {rec.nfe} &middot; {shown}"
+                           f"{prompt_line(run, index)}")
+
+
+def prompt_line(run: Run, index: int) -> str:
+    """The prompt a call was conditioned on (A1111 syntax read by sdlab), as a line of the viewer's info; marked
+    where prompt editing switched to it. Empty for a run whose prompt the pipeline read as plain text."""
+    shown = run.prompt_shown(index)
+    if shown is None:
+        return ""
+    changes = run.prompt_changes()
+    switched = len(changes) > 1 and any(i == index for i, _ in changes[1:])
+    mark = " <b>(the prompt changes here)</b>" if switched else ""
+    return f"<br>prompt in effect: &ldquo;{html.escape(shown)}&rdquo;{mark}"
 
 
 def _check_run(run) -> Run:
