@@ -48,7 +48,7 @@ def format_infotext(run) -> str:
     if getattr(s, "clip_skip", 1) != 1:  # A1111 writes Clip skip only above 1 (processing.py create_infotext)
         params["Clip skip"] = s.clip_skip
     if getattr(s, "emphasis", "original") != "original":
-        from .prompt_encoding import EMPHASIS_LABEL
+        from .prompt_syntax import EMPHASIS_LABEL
 
         params["Emphasis"] = EMPHASIS_LABEL.get(s.emphasis, s.emphasis)
     if getattr(run, "padded_conds", False):  # the prompt and the negative prompt took different chunk counts

@@ -53,20 +53,15 @@ from typing import Sequence
 import torch
 
 from . import checks
-from .prompt_syntax import prompt_at, prompt_schedule, prompt_weights, uses_syntax
+from .prompt_syntax import (A1111_EMPHASIS, EMPHASIS, EMPHASIS_LABEL, SYNTAX, prompt_at, prompt_schedule,
+                            prompt_weights, uses_syntax)
 
 CHUNK = 75  # tokens per chunk, without the start and end tokens
 COMMA_BACKTRACK = 20  # A1111's comma_padding_backtrack default
-EMPHASIS = ("original", "no_norm", "ignore", "none", "comfyui")
-SYNTAX = ("auto", "a1111", "plain")
 # A1111's extra-network tags (<lora:name:0.8>, <hypernet:...>): taken out of the prompt before it is encoded
 # (modules/extra_networks.py); and AND, its composable-diffusion separator (modules/prompt_parser.py)
 _RE_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 _RE_AND = re.compile(r"\bAND\b")
-# A1111's names for its emphasis modes (Settings > Stable Diffusion > "Emphasis mode"; infotext "Emphasis:")
-A1111_EMPHASIS = {"Original": "original", "No norm": "no_norm", "Ignore": "ignore", "None": "none",
-                  "ComfyUI": "comfyui"}
-EMPHASIS_LABEL = {v: k for k, v in A1111_EMPHASIS.items()}
 
 
 def emphasis_mode(value) -> str:

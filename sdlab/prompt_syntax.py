@@ -315,6 +315,14 @@ _ATTENTION = re.compile(r"""
   | :                                 # a lone colon
 """, re.X)
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+# How sdlab may read a prompt (Settings.prompt_syntax) and the emphasis modes (Settings.emphasis): A1111's
+# "Emphasis mode" setting (modules/sd_emphasis.py: Original, No norm, Ignore, None) and ComfyUI's weighting
+SYNTAX = ("auto", "a1111", "plain")
+EMPHASIS = ("original", "no_norm", "ignore", "none", "comfyui")
+A1111_EMPHASIS = {"Original": "original", "No norm": "no_norm", "Ignore": "ignore", "None": "none",
+                  "ComfyUI": "comfyui"}  # A1111's names (infotext "Emphasis: No norm") -> sdlab's
+EMPHASIS_LABEL = {v: k for k, v in A1111_EMPHASIS.items()}
+
 ROUND = 1.1  # what ( ) multiplies by
 SQUARE = 1 / 1.1  # what [ ] multiplies by
 BREAK = ("BREAK", -1.0)  # the marker prompt_weights puts where BREAK splits the text
