@@ -402,7 +402,7 @@ class _Tap:
         switch = None
         if self.encoded is not None:
             rec.prompt, rec.negative_prompt = self.encoded.plan.texts_at(i)
-            if self.encoded.plan.edits and i + 1 < plan.nfe and self.encoded.at(i + 1) != self.encoded.at(i):
+            if self.encoded.plan.edits and i + 1 < plan.nfe and self.encoded.entries(i + 1) != self.encoded.entries(i):
                 switch = self._embeds(pipe, i + 1)  # prompt editing: the next call's conditioning
         run.records.append(rec)
         preview = channels = None

@@ -196,10 +196,9 @@ def check_clip_skip(lab, value) -> int:
     from .toy import is_teaching_model
 
     layers = clip_skip_layers(lab.pipe)
-    if is_teaching_model(lab) or not layers:
-        clip_skip = checks.whole("clip_skip", value, low=1, high=1,
-                                 hint=" The teaching model's text encoder has a single layer: leave clip_skip at 1.")
-        return clip_skip
+    if is_teaching_model(lab) or not layers:  # (accepted as A1111's slider accepts it; the run says it does nothing)
+        return checks.whole("clip_skip", value, low=1, high=12,
+                            hint=" It is A1111's Clip skip, 1 to 12; the teaching model has one layer, so it changes nothing.")
     return checks.whole("clip_skip", value, low=1, high=layers,
                         hint=f" It counts the text encoder's layers from the end (A1111's Clip skip): 1 is the last "
                              f"layer, 2 the penultimate; this model has {layers}.")
@@ -286,10 +285,10 @@ class PromptPlan:
 
 def needs_encoding(lab, prompt: str, negative: str, syntax: str, clip_skip: int) -> bool:
     """Whether sdlab must encode the prompts itself (A1111's way) rather than hand the text to the pipeline."""
-    if syntax == "plain":
-        return clip_skip > 1 and lab.family == "sd1"
-    if syntax == "a1111" or (clip_skip > 1 and lab.family == "sd1"):
+    if syntax == "a1111" or clip_skip > 1:  # (on SD 2.x, SDXL and the toy only to say that it changes nothing)
         return True
+    if syntax == "plain":
+        return False
     if uses_syntax(prompt) or uses_syntax(negative) or _RE_NETWORK.search(prompt) or _RE_NETWORK.search(negative):
         return True
     tokenizers = [t for t in (getattr(lab.pipe, "tokenizer", None), getattr(lab.pipe, "tokenizer_2", None)) if t]
@@ -328,9 +327,12 @@ def plan_prompts(lab, prompt: str, negative: str, *, steps: int, calls_per_step:
         emphasis = "none"
     else:
         schedules = [prompt_schedule(prompt, total), prompt_schedule(negative, total)]
-    if clip_skip > 1 and lab.family in ("sd2", "sdxl"):
-        notes.append(f"clip_skip={clip_skip} changes nothing on {lab.family.upper()}: A1111 ignores Clip skip for "
-                     f"{'SD 2.x (its text encoder is fixed at the penultimate layer)' if lab.family == 'sd2' else 'SDXL unless its option sdxl_clip_l_skip is on'}, and so does sdlab.")
+    if clip_skip > 1 and lab.family != "sd1":
+        why = {"sd2": "A1111 ignores Clip skip for SD 2.x (its text encoder is fixed at OpenCLIP's penultimate "
+                      "layer), and so does sdlab",
+               "sdxl": "A1111 ignores Clip skip for SDXL unless its option sdxl_clip_l_skip is on, and so does sdlab",
+               }.get(lab.family, "the teaching model's text encoder has a single layer")
+        notes.append(f"clip_skip={clip_skip} changes nothing on this model: {why}.")
     return PromptPlan(prompt=schedules[0], negative=schedules[1], total_steps=total, emphasis=emphasis,
                       clip_skip=clip_skip, syntax=syntax, notes=notes)
 
@@ -345,9 +347,14 @@ class Encoded:
     zero_negative: bool = False  # SDXL with an empty negative prompt: zeros
     padded: bool = False  # the prompt and the negative prompt took different chunk counts (padded to one)
 
-    def at(self, call: int) -> tuple[Conditioning, Conditioning]:
+    def entries(self, call: int) -> tuple[int, int]:
+        """Which entry of the prompt's and of the negative prompt's schedule UNet call ``call`` uses."""
         p = _entry(self.plan.prompt, call)
-        n = _entry(self.plan.negative, call)
+        n = min(_entry(self.plan.negative, call), len(self.negative) - 1)  # (SDXL's zeros: one entry)
+        return p, n
+
+    def at(self, call: int) -> tuple[Conditioning, Conditioning]:
+        p, n = self.entries(call)
         return self.prompt[p], self.negative[n]
 
     def pipe_kwargs(self) -> dict:

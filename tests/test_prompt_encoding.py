@@ -13,22 +13,22 @@ from sdlab.prompt_syntax import prompt_weights
 SMALL = dict(steps=4, seed=7, width=64, height=64, cfg=7.0)
 
 
-@pytest.fixture(scope="module")
-def tiny():
+@pytest.fixture
+def tiny():  # (loaded again if it was evicted: at most 2 models stay resident)
     lab = sdlab.load("tiny")
     lab.pipe.set_progress_bar_config(disable=True)
     return lab
 
 
-@pytest.fixture(scope="module")
-def xl():
+@pytest.fixture
+def xl():  # (loaded again if it was evicted: at most 2 models stay resident)
     lab = sdlab.load("tiny-sdxl")
     lab.pipe.set_progress_bar_config(disable=True)
     return lab
 
 
-@pytest.fixture(scope="module")
-def toy():
+@pytest.fixture
+def toy():  # (loaded again if it was evicted: at most 2 models stay resident)
     lab = sdlab.load("toy")
     lab.pipe.set_progress_bar_config(disable=True)
     return lab
@@ -312,3 +312,16 @@ def test_the_toy_changes_colour_when_the_prompt_is_edited_early_enough(toy):
         run = toy.generate(f"a [red:blue:{when}] circle", **kw)
         colours[when] = ds.attributes[ds.nearest(run.final_latents)[0]]["colour"]
     assert colours == {"0.1": "blue", "0.9": "red"}
+
+
+def test_clip_skip_where_a1111_ignores_it_is_said_and_changes_nothing(xl, toy):
+    for lab, kw in ((xl, dict(SMALL, sampler="Euler")), (toy, dict(SMALL, width=64, height=64))):
+        plain = lab.generate("a red circle", **kw)
+        skipped = lab.generate("a red circle", clip_skip=2, **kw)
+        assert any("clip_skip=2 changes nothing" in p for p in skipped.problems), lab.source
+        assert np.array_equal(_image(plain), _image(skipped)), lab.source
+
+
+def test_an_alternation_of_equal_texts_runs_as_that_text(tiny):
+    kw = dict(SMALL, sampler="Euler")
+    assert np.array_equal(_image(tiny.generate("a [cat|cat] sat", **kw)), _image(tiny.generate("a cat sat", **kw)))
