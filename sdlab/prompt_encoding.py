@@ -216,19 +216,21 @@ class Conditioning:
 
 
 def _weighted(z: torch.Tensor, weights: torch.Tensor, emphasis: str, empty: torch.Tensor | None) -> torch.Tensor:
-    """One chunk batch (n, 77, D) with its token weights (n, 77) applied in the emphasis mode's way."""
+    """One chunk batch (n, 77, D) with its token weights (n, 77) applied in the emphasis mode's way. The
+    weights are float32 and the products computed in float32, as A1111's float32 multipliers promote a half-
+    precision embedding; the result is returned in the embedding's dtype."""
     if emphasis in ("ignore", "none") or bool((weights == 1).all()):
         return z
-    w = weights.to(z.dtype)[..., None]
+    w = weights.float()[..., None]
     if emphasis == "comfyui":
         pick = (weights != 1)[..., None]
-        return torch.where(pick, (z - empty) * w + empty, z)
+        return torch.where(pick, (z.float() - empty.float()) * w + empty.float(), z.float()).to(z.dtype)
     out = z * w
     if emphasis == "original":
         before, after = z.mean(), out.mean()
         if after != 0:  # (the teaching model's all-zero window: there is no mean to restore)
             out = out * (before / after)
-    return out
+    return out.to(z.dtype)
 
 
 def encode_texts(lab, texts: Sequence[str], *, emphasis: str = "original", clip_skip: int = 1,

@@ -325,3 +325,17 @@ def test_clip_skip_where_a1111_ignores_it_is_said_and_changes_nothing(xl, toy):
 def test_an_alternation_of_equal_texts_runs_as_that_text(tiny):
     kw = dict(SMALL, sampler="Euler")
     assert np.array_equal(_image(tiny.generate("a [cat|cat] sat", **kw)), _image(tiny.generate("a cat sat", **kw)))
+
+
+def test_sd2_pads_with_its_own_token_and_keeps_its_layer_under_clip_skip():
+    """SD 2.x's OpenCLIP tokenizer pads with id 0 ("!"), not the end token, and A1111 ignores Clip skip there:
+    the tiny SD 1.x pipeline with that tokenizer stands in for one (the encoder code does not look further)."""
+    from types import SimpleNamespace
+
+    pipe = sdlab.tiny.build_tiny_pipeline()
+    pipe.tokenizer.pad_token = "!"
+    sd2 = SimpleNamespace(pipe=pipe, family="sd2", device=torch.device("cpu"))
+    (got,) = E.encode_texts(sd2, ["a red circle"], clip_skip=2)
+    assert torch.equal(got.embeds, _pipeline_embeds(sd2, "a red circle"))  # the last layer, padded with "!"
+    plan = E.plan_prompts(sd2, "a red circle", "", steps=4, clip_skip=2)
+    assert plan is not None and any("SD 2.x" in note for note in plan.notes)
