@@ -104,6 +104,20 @@ def text(name: str, value: Any, *, hint: str = "") -> str:
     raise WrongType(f"{name} must be a string, not {_kind(value)} {_shown(value)}.{hint}", argument=name)
 
 
+def prompt(name: str, value: Any) -> str:
+    """A prompt: a string that a tokenizer can read, so without lone surrogates (U+D800 to U+DFFF, which
+    Python strings can hold and UTF-8 cannot encode; they come from text decoded with errors='surrogateescape')."""
+    value = text(name, value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start]
+        raise InvalidArgument(f"{name} holds the character U+{ord(bad):04X} at position {exc.start}, half of a UTF-16 "
+                              "pair that no text encoder can read; remove it (or decode the text it came from with "
+                              "errors='replace').", argument=name) from None
+    return value
+
+
 def choice(name: str, value: Any, options: Iterable[Any], *, hint: str = "") -> Any:
     """One of ``options`` (compared as given: strings exactly)."""
     options = list(options)

@@ -30,9 +30,13 @@ def guidance_applies(pipe, cfg: float) -> bool:
 class Denoiser:
     """D(x, sigma) for SD 1.x / 2.x pipelines and the toy model (SDXL's extra conditioning is not wired)."""
 
-    def __init__(self, lab, prompt: str = "", negative_prompt: str = "", cfg: float = 7.0):
+    def __init__(self, lab, prompt: str = "", negative_prompt: str = "", cfg: float = 7.0, *,
+                 emphasis: str = "original", clip_skip: int = 1, step: int = 1, steps: int = 20):
+        """prompt / negative_prompt are read as a run reads them (A1111's syntax, sdlab.prompt_encoding): with
+        ``emphasis`` and ``clip_skip``, and where the prompt is edited during sampling, the text in effect at
+        step ``step`` of ``steps``."""
         checks.lab("lab", lab)
-        prompt, negative_prompt = checks.text("prompt", prompt), checks.text("negative_prompt", negative_prompt)
+        prompt, negative_prompt = checks.prompt("prompt", prompt), checks.prompt("negative_prompt", negative_prompt)
         cfg = checks.number("cfg", cfg, low=0, high=1000)
         pipe = lab.pipe
         if type(pipe).__name__ != "StableDiffusionPipeline":
@@ -47,12 +51,15 @@ class Denoiser:
         self.exact = is_teaching_model(self.unet)
         self.dtype = torch.float64 if self.exact else self.unet.dtype
         self.device = self.unet.device
-        from .prompt_encoding import conditioning, needs_encoding
+        from .prompt_encoding import check_clip_skip, conditioning, emphasis_mode, needs_encoding
 
-        if needs_encoding(lab, prompt, negative_prompt, "auto", 1):
-            # A1111's prompt syntax or a prompt past 77 tokens: read as a run reads it (sdlab.prompt_encoding),
-            # the text in effect at the first step where the prompt is edited during sampling
-            cond, uncond = conditioning(lab, prompt, negative_prompt, step=1, steps=checks.MAX_STEPS)
+        emphasis, clip_skip = emphasis_mode(emphasis), check_clip_skip(lab, clip_skip)
+        steps = checks.whole("steps", steps, low=1, high=checks.MAX_STEPS)
+        step = checks.whole("step", step, low=1, high=steps)
+        if needs_encoding(lab, prompt, negative_prompt, "auto", clip_skip):
+            # A1111's prompt syntax, a prompt past 77 tokens or Clip skip: read as a run reads it
+            cond, uncond = conditioning(lab, prompt, negative_prompt, emphasis=emphasis, clip_skip=clip_skip,
+                                        step=step, steps=steps)
         else:
             with torch.no_grad():
                 cond, uncond = pipe.encode_prompt(prompt, self.device, 1, self.guided, negative_prompt or None)

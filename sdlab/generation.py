@@ -81,7 +81,9 @@ def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
     s = settings
     if s.prompt is None or s.negative_prompt is None:  # diffusers' None: no (negative) prompt
         s = replace(s, prompt=s.prompt or "", negative_prompt=s.negative_prompt or "")
-    for name in ("prompt", "negative_prompt", "sampler", "schedule"):
+    for name in ("prompt", "negative_prompt"):
+        checks.prompt(name, getattr(s, name))
+    for name in ("sampler", "schedule"):
         checks.text(name, getattr(s, name))
     T = int(lab.default_scheduler.config.get("num_train_timesteps", 1000))
     steps = checks.whole("steps", s.steps, low=1, high=T, hint=f" The model was trained on {T} timesteps; 20 to 50 steps is typical.")
@@ -402,6 +404,9 @@ class _Tap:
         switch = None
         if self.encoded is not None:
             rec.prompt, rec.negative_prompt = self.encoded.plan.texts_at(i)
+        if not self.cfg_on:  # without guidance the negative prompt conditions nothing
+            rec.negative_prompt = None
+        if self.encoded is not None:
             if self.encoded.plan.edits and i + 1 < plan.nfe and self.encoded.entries(i + 1) != self.encoded.entries(i):
                 switch = self._embeds(pipe, i + 1)  # prompt editing: the next call's conditioning
         run.records.append(rec)

@@ -245,7 +245,14 @@ def parse_infotext(text: str) -> Settings:
         elif key == "Clip skip":
             settings["clip_skip"] = _field(key, value, int)
         elif key == "Emphasis":
-            settings["emphasis"] = value  # A1111's name ("No norm"); generate() refuses an unknown one, naming it
+            from .prompt_syntax import emphasis_mode
+
+            try:
+                settings["emphasis"] = emphasis_mode(value)  # A1111's name ("No norm") -> sdlab's ("no_norm")
+            except SdlabError:
+                raise InvalidArgument(f"The infotext's 'Emphasis: {value}' is not one of A1111's emphasis modes "
+                                      "(Original, No norm, Ignore, None); correct or remove that field.",
+                                      argument="text") from None
         elif _schedule_param(key) is not None and _number(value) is not None:
             schedule_params[_schedule_param(key)] = _number(value)
         else:

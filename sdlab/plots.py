@@ -357,7 +357,8 @@ def step_grid(runs: Sequence[Run] | Sweep, steps: Sequence[int] | int = 6, *, ta
         f"{r.scheduler_report.get('sampler')}\n{r.scheduler_report.get('schedule')}, NFE {r.nfe}" for r in runs]
     for i, run in enumerate(runs):
         per_step = last_record_per_step(run)
-        edited = len(run.prompt_changes()) > 1  # A1111 prompt editing: say under a cell where the prompt changed
+        # A1111 prompt editing: say under a cell where the prompt (or the negative prompt) in effect changed
+        edited = [neg for neg in (False, True) if len(run.prompt_changes(neg)) > 1]
         previous = None
         for j, k in enumerate(cols):
             ax = axes[i, j]
@@ -365,9 +366,11 @@ def step_grid(runs: Sequence[Run] | Sweep, steps: Sequence[int] | int = 6, *, ta
             ax.set_yticks([])
             if k in per_step:
                 images[i][j] = ax.imshow(_decode(per_step[k], target, run.family, vae), interpolation="nearest")
-                shown = run.prompt_shown(run.records.index(per_step[k])) if edited else None
-                if shown is not None and shown != previous:
-                    ax.set_xlabel(textwrap.fill(f"prompt: {shown}", 28), fontsize="x-small", color="#06c")
+                at = run.records.index(per_step[k])
+                shown = [f"{'negative' if neg else 'prompt'}: {run.prompt_shown(at, neg)}" for neg in edited]
+                if shown and shown != previous:
+                    ax.set_xlabel("\n".join(textwrap.fill(line, 28) for line in shown), fontsize="x-small",
+                                  color="#06c")
                 previous = shown
             if i == 0:
                 ax.set_title(f"step {k}", color="#c00", fontsize="medium")

@@ -53,8 +53,8 @@ from typing import Sequence
 import torch
 
 from . import checks
-from .prompt_syntax import (A1111_EMPHASIS, EMPHASIS, EMPHASIS_LABEL, SYNTAX, prompt_at, prompt_schedule,
-                            prompt_weights, uses_syntax)
+from .prompt_syntax import (A1111_EMPHASIS, EMPHASIS, EMPHASIS_LABEL, SYNTAX, emphasis_mode, prompt_at,  # noqa: F401
+                            prompt_schedule, prompt_weights, uses_syntax)
 
 CHUNK = 75  # tokens per chunk, without the start and end tokens
 COMMA_BACKTRACK = 20  # A1111's comma_padding_backtrack default
@@ -62,14 +62,6 @@ COMMA_BACKTRACK = 20  # A1111's comma_padding_backtrack default
 # (modules/extra_networks.py); and AND, its composable-diffusion separator (modules/prompt_parser.py)
 _RE_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 _RE_AND = re.compile(r"\bAND\b")
-
-
-def emphasis_mode(value) -> str:
-    """``emphasis`` checked: sdlab's names, or A1111's ("No norm", "Original", ...)."""
-    if isinstance(value, str) and value in A1111_EMPHASIS:
-        return A1111_EMPHASIS[value]
-    return checks.choice("emphasis", value, EMPHASIS,
-                         hint=" 'original' is A1111's default (weights, then the mean restored).")
 
 
 @dataclass(frozen=True)
@@ -215,10 +207,14 @@ class Conditioning:
     chunks: int = 1
 
 
-def _weighted(z: torch.Tensor, weights: torch.Tensor, emphasis: str, empty: torch.Tensor | None) -> torch.Tensor:
-    """One chunk batch (n, 77, D) with its token weights (n, 77) applied in the emphasis mode's way. The
-    weights are float32 and the products computed in float32, as A1111's float32 multipliers promote a half-
-    precision embedding; the result is returned in the embedding's dtype."""
+def _weighted(z: torch.Tensor, weights: torch.Tensor, emphasis: str, empty: torch.Tensor | None,
+              counts: torch.Tensor) -> torch.Tensor:
+    """One chunk batch (n, 77, D) with its token weights (n, 77) applied in the emphasis mode's way.
+
+    ``counts``: how often each row's text occurs in the schedule. A1111 restores the mean over the schedule's
+    whole batch, repeats included; sdlab encodes each distinct text once and weighs its mean by its count (an
+    alternation over 150 steps is 2 texts, not 150). The weights are float32 and the products computed in
+    float32, as A1111's float32 multipliers promote a half-precision embedding; the result has z's dtype."""
     if emphasis in ("ignore", "none") or bool((weights == 1).all()):
         return z
     w = weights.float()[..., None]
@@ -227,7 +223,9 @@ def _weighted(z: torch.Tensor, weights: torch.Tensor, emphasis: str, empty: torc
         return torch.where(pick, (z.float() - empty.float()) * w + empty.float(), z.float()).to(z.dtype)
     out = z * w
     if emphasis == "original":
-        before, after = z.mean(), out.mean()
+        share = (counts / counts.sum()).to(out.dtype)
+        before = (z.float().mean(dim=(1, 2)) * share).sum()
+        after = (out.mean(dim=(1, 2)) * share).sum()
         if after != 0:  # (the teaching model's all-zero window: there is no mean to restore)
             out = out * (before / after)
     return out.to(z.dtype)
@@ -235,15 +233,18 @@ def _weighted(z: torch.Tensor, weights: torch.Tensor, emphasis: str, empty: torc
 
 def encode_texts(lab, texts: Sequence[str], *, emphasis: str = "original", clip_skip: int = 1,
                  chunk_count: int | None = None, plain: bool = False) -> list[Conditioning]:
-    """Conditionings of several texts encoded as A1111 encodes one prompt's schedule: in one batch, padded
+    """Conditionings of several texts encoded as A1111 encodes one prompt's schedule: as one batch, padded
     with empty chunks to the same number of chunks (at least ``chunk_count``), weights applied per chunk
-    over the batch. ``plain``: each text as the pipeline reads it (its first 75 tokens, no syntax)."""
+    over the batch. Each distinct text is encoded once. ``plain``: each text as the pipeline reads it (its
+    first 75 tokens, no syntax)."""
+    distinct = list(dict.fromkeys(texts))
+    counts = torch.tensor([float(texts.count(t)) for t in distinct])
     encs = encoders(lab, clip_skip)
-    per_text = [[(t, 1.0)] if plain else _pieces(t, emphasis) for t in texts]
+    per_text = [[(t, 1.0)] if plain else _pieces(t, emphasis) for t in distinct]
     cut = [[chunks(e.tokenizer, p, backtrack=0)[:1] if plain else chunks(e.tokenizer, p) for p in per_text]
            for e in encs]  # [encoder][text] -> chunks
     n = max([chunk_count or 1] + [len(c) for per_enc in cut for c in per_enc])
-    features, pooled_of = [], [None] * len(texts)
+    features, pooled_of = [], [None] * len(distinct)
     for e, per_enc in zip(encs, cut):
         empty = chunks(e.tokenizer, [("", 1.0)])[0]
         empty_z = e(empty.ids)[0] if emphasis == "comfyui" else None
@@ -253,12 +254,13 @@ def encode_texts(lab, texts: Sequence[str], *, emphasis: str = "original", clip_
             outs = [e(chunk.ids) for chunk in batch]
             z = torch.cat([o[0] for o in outs])
             weights = torch.tensor([chunk.weights for chunk in batch], device=z.device)
-            columns.append(_weighted(z, weights, emphasis, empty_z))
+            columns.append(_weighted(z, weights, emphasis, empty_z, counts.to(z.device)))
             if e.pooled and c == 0:
                 pooled_of = [o[1] for o in outs]
         features.append(torch.cat(columns, dim=1))  # (texts, 77 n, D_e)
     embeds = torch.cat(features, dim=-1)
-    return [Conditioning(text=t, embeds=embeds[i:i + 1], pooled=pooled_of[i], chunks=n) for i, t in enumerate(texts)]
+    row = {t: i for i, t in enumerate(distinct)}
+    return [Conditioning(text=t, embeds=embeds[row[t]:row[t] + 1], pooled=pooled_of[row[t]], chunks=n) for t in texts]
 
 
 @dataclass
@@ -402,22 +404,27 @@ def _chunk_count(lab, texts: Sequence[str], plan: PromptPlan) -> int:
     if plan.syntax == "plain":
         return 1
     tokenizer = lab.pipe.tokenizer
-    return max(len(chunks(tokenizer, _pieces(t, plan.emphasis))) for t in texts)
+    return max(len(chunks(tokenizer, _pieces(t, plan.emphasis))) for t in dict.fromkeys(texts))
 
 
 def conditioning(lab, prompt: str, negative_prompt: str = "", *, emphasis: str = "original", clip_skip: int = 1,
                  step: int = 1, steps: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (prompt, negative prompt) embeddings A1111 conditions step ``step`` of ``steps`` on: for looking
-    at them, or for ``sdlab.Denoiser``. Plain prompts within 77 tokens give the pipeline's own embeddings."""
+    """The (prompt, negative prompt) embeddings A1111 conditions step ``step`` of ``steps`` on (its UNet call
+    ``step - 1``), read as a run reads them: for looking at them, or for ``sdlab.Denoiser``. What the run
+    would say about the prompts (extra-network tags taken out, AND, Clip skip ignored) is said as a notice."""
+    from .notices import notice
+
     checks.lab("lab", lab)
-    checks.text("prompt", prompt)
-    checks.text("negative_prompt", negative_prompt)
+    checks.prompt("prompt", prompt)
+    checks.prompt("negative_prompt", negative_prompt)
     emphasis = emphasis_mode(emphasis)
     clip_skip = check_clip_skip(lab, clip_skip)
     steps = checks.whole("steps", steps, low=1, high=checks.MAX_STEPS)
     step = checks.whole("step", step, low=1, high=steps)
-    plan = PromptPlan(prompt=prompt_schedule(prompt, steps), negative=prompt_schedule(negative_prompt, steps),
-                      total_steps=steps, emphasis=emphasis, clip_skip=clip_skip)
-    got = encode(lab, plan)
+    plan = plan_prompts(lab, prompt, negative_prompt, steps=steps, syntax="a1111", emphasis=emphasis,
+                        clip_skip=clip_skip)
+    for note in plan.notes:
+        notice(f"sdlab: {note}", stacklevel=3)
+    got = encode(lab, plan)  # (the whole schedule, as A1111 batches it; each distinct text is encoded once)
     pos, neg = got.at(step - 1)
     return pos.embeds, neg.embeds

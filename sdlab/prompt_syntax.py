@@ -323,7 +323,19 @@ A1111_EMPHASIS = {"Original": "original", "No norm": "no_norm", "Ignore": "ignor
                   "ComfyUI": "comfyui"}  # A1111's names (infotext "Emphasis: No norm") -> sdlab's
 EMPHASIS_LABEL = {v: k for k, v in A1111_EMPHASIS.items()}
 
+
+def emphasis_mode(value) -> str:
+    """``emphasis`` checked: sdlab's names, or A1111's ("No norm", "Original", ...)."""
+    if isinstance(value, str) and value in A1111_EMPHASIS:
+        return A1111_EMPHASIS[value]
+    if isinstance(value, str) and value.strip().lower().replace(" ", "_") in EMPHASIS:  # "No Norm", "NO_NORM"
+        return value.strip().lower().replace(" ", "_")
+    return checks.choice("emphasis", value, EMPHASIS,
+                         hint=" 'original' is A1111's default (weights, then the mean restored).")
+
+
 ROUND = 1.1  # what ( ) multiplies by
+
 SQUARE = 1 / 1.1  # what [ ] multiplies by
 BREAK = ("BREAK", -1.0)  # the marker prompt_weights puts where BREAK splits the text
 

@@ -146,20 +146,23 @@ class Run:
     def image(self):
         return self.images[0] if self.images else None
 
-    def prompt_shown(self, index: int = -1) -> str | None:
-        """The prompt record ``index`` was conditioned on, as A1111 users write it (weights shown as
-        ``(red:1.21)``, ``BREAK`` kept): the text in effect at that call when the prompt is edited during the
-        run. None for a run whose prompt the pipeline read as plain text (the settings' prompt is all there is)."""
+    def prompt_shown(self, index: int = -1, negative: bool = False) -> str | None:
+        """The prompt record ``index`` was conditioned on (``negative=True``: the negative prompt), as A1111 users
+        write it (weights shown as ``(red:1.21)``, ``BREAK`` kept): the text in effect at that call when it is
+        edited during the run. None for a run whose prompts the pipeline read as plain text (the settings'
+        prompts are all there is), and for the negative prompt of a call without guidance (cfg 1: not used)."""
         from . import checks
         from .prompt_syntax import describe_weights, prompt_weights
 
+        checks.flag("negative", negative)
         if not self.records:
             raise InvalidArgument("This run has no records yet; wait for its first step.", argument="index")
         index = checks.whole("index", index, low=-len(self.records), high=len(self.records) - 1)
         plan = self.prompt_plan
-        if plan is None:
+        rec = self.records[index]
+        text = rec.negative_prompt if negative else rec.prompt
+        if plan is None or text is None:
             return None
-        text = self.records[index].prompt or ""
         if plan.syntax == "plain" or plan.emphasis == "none":
             return text
         pieces = prompt_weights(text)
@@ -167,15 +170,19 @@ class Run:
             pieces = [(t, w if (t, w) == ("BREAK", -1.0) else 1.0) for t, w in pieces]
         return describe_weights(pieces)
 
-    def prompt_changes(self) -> list[tuple[int, str]]:
-        """(record index, prompt shown) where the prompt in effect changes, the first record included: one entry
-        for a run whose prompt is not edited, none for a plain-text run (``prompt_shown``)."""
+    def prompt_changes(self, negative: bool = False) -> list[tuple[int, str]]:
+        """(record index, 0-based, and the prompt shown) where the prompt in effect changes (``negative=True``:
+        the negative prompt), the first record included: one entry for a prompt that is not edited, none for a
+        plain-text run (see ``prompt_shown``). ``run.records[i].step`` is the step of record i."""
+        from . import checks
+
+        checks.flag("negative", negative)
         if self.prompt_plan is None:
             return []
         out: list[tuple[int, str]] = []
         for i in range(len(self.records)):
-            shown = self.prompt_shown(i)
-            if not out or shown != out[-1][1]:
+            shown = self.prompt_shown(i, negative)
+            if shown is not None and (not out or shown != out[-1][1]):
                 out.append((i, shown))
         return out
 

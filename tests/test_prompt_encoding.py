@@ -275,7 +275,7 @@ def test_infotext_carries_clip_skip_emphasis_and_padding(tiny):
     text = run.infotext()
     assert "Clip skip: 2" in text and "Emphasis: No norm" in text and "Pad conds: True" in text
     back = sdlab.parse_infotext(text)
-    assert (back.clip_skip, back.emphasis) == (2, "No norm")
+    assert (back.clip_skip, back.emphasis) == (2, "no_norm")  # A1111's name read as sdlab's
     again = tiny.generate(back)
     assert again.settings.emphasis == "no_norm" and np.array_equal(_image(again), _image(run))
     # regenerating an A1111 infotext no longer lists emphasis or Clip skip among the differences
@@ -339,3 +339,32 @@ def test_sd2_pads_with_its_own_token_and_keeps_its_layer_under_clip_skip():
     assert torch.equal(got.embeds, _pipeline_embeds(sd2, "a red circle"))  # the last layer, padded with "!"
     plan = E.plan_prompts(sd2, "a red circle", "", steps=4, clip_skip=2)
     assert plan is not None and any("SD 2.x" in note for note in plan.notes)
+
+
+def test_what_the_trial_found(tiny, toy):
+    # a lone surrogate (text decoded with surrogateescape) is refused where it enters, naming the prompt
+    with pytest.raises(sdlab.InvalidArgument, match="U\\+D800") as err:
+        tiny.generate("a \ud800 (red:1.2) circle", **SMALL)
+    assert err.value.argument == "prompt"
+    # A1111's and sdlab's spellings of the emphasis modes, in any case; an infotext's unknown one names the field
+    assert sdlab.prepare_settings(tiny, sdlab.Settings(emphasis="NO NORM", **SMALL)).emphasis == "no_norm"
+    with pytest.raises(sdlab.InvalidArgument, match="'Emphasis: loud'"):
+        sdlab.parse_infotext("x\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Emphasis: loud")
+    # negative prompt editing shows in the records' changes; without guidance the negative conditions nothing
+    run = tiny.generate("a circle", negative_prompt="[square:star:2]", **dict(SMALL, steps=6, sampler="Euler"))
+    assert run.prompt_changes(negative=True) == [(0, "square"), (3, "star")] and len(run.prompt_changes()) == 1
+    assert all(r.negative_prompt is None for r in tiny.generate("[a:b:2]", **dict(SMALL, cfg=1.0)).records)
+
+
+def test_the_denoiser_reads_a1111_prompts_as_a_run_does(tiny):
+    calls = []
+    handle = tiny.pipe.text_encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        D = sdlab.Denoiser(tiny, "[red|blue] circle <lora:film:0.8>", steps=10_000, step=3)
+    finally:
+        handle.remove()
+    assert len(calls) == 3  # the schedule's 10,000 entries hold two texts (and the negative one): each encoded once
+    # at step 3 (call 2: A1111's counter gives calls 0 and 1 to the first text) the alternation says blue, and
+    # the tag is taken out of the text as generate takes it out
+    blue = E.encode_texts(tiny, ["blue circle "])[0].embeds
+    assert torch.equal(D.context[1:], blue)

@@ -207,15 +207,19 @@ class StepViewer(W.VBox):
 
 
 def prompt_line(run: Run, index: int) -> str:
-    """The prompt a call was conditioned on (A1111 syntax read by sdlab), as a line of the viewer's info; marked
-    where prompt editing switched to it. Empty for a run whose prompt the pipeline read as plain text."""
-    shown = run.prompt_shown(index)
-    if shown is None:
-        return ""
-    changes = run.prompt_changes()
-    switched = len(changes) > 1 and any(i == index for i, _ in changes[1:])
-    mark = " <b>(the prompt changes here)</b>" if switched else ""
-    return f"<br>prompt in effect: &ldquo;{html.escape(shown)}&rdquo;{mark}"
+    """The prompt a call was conditioned on (where sdlab read A1111's syntax), as lines of the viewer's info,
+    marked where prompt editing switched to it; the negative prompt too where it is edited. Empty for a run
+    whose prompts the pipeline read as plain text."""
+    lines = []
+    for negative, label in ((False, "prompt"), (True, "negative prompt")):
+        shown = run.prompt_shown(index, negative)
+        changes = run.prompt_changes(negative)
+        if shown is None or (negative and len(changes) < 2):
+            continue
+        switched = len(changes) > 1 and any(i == index for i, _ in changes[1:])
+        mark = f" <b>(the {label} changes here)</b>" if switched else ""
+        lines.append(f"<br>{label} in effect: &ldquo;{html.escape(shown)}&rdquo;{mark}")
+    return "".join(lines)
 
 
 def _check_run(run) -> Run:
