@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from .accuracy import Accuracy, sampler_accuracy
 from .denoiser import Denoiser
-from .analysis import Sweep, sweep
+from .analysis import Sweep, sweep, variations
+from .rng import noise
 from .forward_process import add_noise
 from .errors import (BusyError, GenerationError, InvalidArgument, MissingDependency, MissingFile, NotSupported,
                      RunTimeout, SdlabError, WrongType)
@@ -73,7 +74,7 @@ __all__ = [
     "SdlabError", "InvalidArgument", "WrongType", "RunTimeout", "NotSupported", "MissingFile", "MissingDependency",
     "PreviewUnavailable", "BusyError", "GenerationError", "Job", "Prepared", "Run", "RunOptions", "Settings", "StepEvent", "StepRecord",
     "generate", "prepare", "prepare_settings", "config_changes", "Denoiser",
-    "generate_async", "parse_infotext", "read_settings", "prompt_schedule", "prompt_weights", "Sweep", "sweep", "add_noise", "toy", "Accuracy", "sampler_accuracy",
+    "generate_async", "parse_infotext", "read_settings", "prompt_schedule", "prompt_weights", "noise", "variations", "Sweep", "sweep", "add_noise", "toy", "Accuracy", "sampler_accuracy",
     "DEFAULT_MODEL", "Lab", "LoadError", "ModelNotAvailable", "ModelUnloadedError", "SdlabNotice",
     "SdlabWarning", "UnsafeCheckpointError", "UnsupportedModelError", "load", "loaded", "max_resident",
     "set_max_resident", "unload", "__version__", "Plan", "Sampler", "describe", "effective_config",

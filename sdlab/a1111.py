@@ -5,17 +5,15 @@ can use (``infotext.parse_infotext``); this module says, from the rest and from 
 A1111's result sdlab cannot reproduce, so that a different picture is explained rather than silent:
 
 - the sampler's numerics (``Sampler.matches_a1111`` and its ``fidelity`` text, from the catalog);
-- the noise source: A1111 draws the starting noise with ``torch.randn`` on the GPU by default
-  (option ``randn_source``, written as ``RNG: CPU`` / ``RNG: NV`` only when not "GPU", modules/rng.py);
-  sdlab, like diffusers, draws it with a CPU ``torch.Generator``, and gives a batch one generator where
-  A1111 seeds image i with seed + i;
-- ``ENSD`` (eta noise seed delta), which offsets the seed of A1111's per-step sampler noise;
+- not the noise: the random source (``RNG:``, GPU when absent, emulated as NV without a GPU), ``ENSD``, the
+  variation seed and ``Seed resize from`` are read into the settings and drawn as A1111 draws them
+  (sdlab.rng); where a GPU's noise is emulated, preparing the run says so;
 - A1111's prompt syntax only where the settings ask for ``prompt_syntax="plain"``: by default sdlab reads
   emphasis, ``BREAK``, prompt editing, alternation, long prompts and Clip skip as A1111 does
   (sdlab.prompt_encoding); extra-network tags and ``AND`` are said by the run's prompt plan;
 - A1111's old prompt-editing timeline (infotext ``Old prompt editing timelines: True``), and a prompt and
   negative prompt of different chunk counts that A1111 ran unpadded (no ``Pad conds: True``);
-- a second pass (Hires fix, img2img denoising), a variation seed, another model, and any other field.
+- a second pass (Hires fix, img2img denoising), another model, and any other field.
 
 Data in, sentences out: no pipeline, no widgets.
 """
@@ -34,7 +32,7 @@ _RE_NETWORK = re.compile(r"<(lora|lyco|hypernet)\s*:[^>]*>", re.IGNORECASE)
 
 # Fields parse_infotext reads into Settings, or that change nothing in the picture
 _USED = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Batch size", "Eta", "Clip skip",
-         "Emphasis"}
+         "Emphasis", "RNG", "ENSD", "Variation seed", "Variation seed strength", "Seed resize from"}
 _HARMLESS = {"Version", "Model hash", "VAE hash", "Lora hashes", "TI hashes", "Pad conds",
              "Token merging ratio", "NGMS", "Downcast alphas_cumprod"}
 _SECOND_PASS = ("Denoising strength", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler",
@@ -66,22 +64,6 @@ def differences(settings, sampler=None, model: str | None = None) -> list[str]:
     elif sampler is not None and sampler.matches_a1111 is None:
         out.append(f"{sampler.name} is not an A1111 sampler; the infotext named {extra.get('Sampler', sampler.name)!r}.")
 
-    rng = extra.get("RNG", "GPU")
-    if rng == "CPU":
-        if settings.batch_size > 1:
-            out.append("RNG: CPU: A1111 seeds image i of a batch with seed + i; sdlab draws the whole batch from one "
-                       "generator seeded with the seed, so the images after the first start from other noise.")
-    else:
-        what = "the GPU (RNG: GPU, A1111's default)" if rng == "GPU" else f"{rng} (RNG: {rng})"
-        out.append(f"A1111 drew the starting noise on {what}; sdlab draws it with a CPU torch.Generator, so the same "
-                   "seed gives other noise and another picture. Set A1111's option 'Random number generator source' "
-                   "to CPU to make pictures that sdlab can reproduce.")
-
-    ensd = extra.get("ENSD")
-    if ensd not in (None, "", "0") and sampler is not None and sampler.stochastic:
-        out.append(f"ENSD: {ensd}: A1111 seeded its sampler's per-step noise with seed + {ensd}; sdlab's {sampler.name} "
-                   "draws it from the run's own generator, so the noise added during sampling differs.")
-
     if getattr(settings, "prompt_syntax", "auto") == "plain":
         for name, text in (("prompt", settings.prompt), ("negative prompt", settings.negative_prompt)):
             syntax = prompt_syntax(text)
@@ -99,10 +81,6 @@ def differences(settings, sampler=None, model: str | None = None) -> list[str]:
     if second:
         out.append(f"A1111 ran a second pass ({', '.join(f'{k}: {extra[k]}' for k in second[:3])}); sdlab runs the "
                    "text-to-image pass only, so this is the picture before it.")
-    variation = [k for k in _VARIATION if k in extra]
-    if variation:
-        out.append(f"A1111 mixed in a variation seed ({', '.join(f'{k}: {extra[k]}' for k in variation)}); sdlab "
-                   "uses the main seed only.")
 
     wanted = extra.get("Model")
     if wanted and (model is None or Path(str(model)).stem != wanted):

@@ -200,6 +200,22 @@ def sweep(lab, base: Settings | None = None, *, x: str, x_values: Sequence[Any],
     return result
 
 
+
+def variations(lab, base: Settings | None = None, *, subseed: int, strengths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+               seeds: Sequence[int] | None = None, records: bool = False, progress: bool = True, **settings) -> Sweep:
+    """A1111's variation seeds as a row of pictures: the noise slerped from the seed's (strength 0) to
+    ``subseed``'s (1), everything else fixed (``sdlab.rng.slerp``); ``seeds``: one row per seed. A sweep over
+    ``subseed_strength`` (show it with ``plots.xy_plot``)."""
+    checks.lab("lab", lab)
+    subseed = checks.whole("subseed", subseed, low=0, high=2 ** 63 - 1, hint=" It is the variation seed.")
+    strengths = [checks.number("strengths", v, low=0, high=1, hint=" Each is a subseed_strength from 0 to 1.")
+                 for v in _values("strengths", strengths)]
+    base = (base or Settings()).updated(**settings, subseed=subseed)
+    if seeds is None:
+        return sweep(lab, base, x="subseed_strength", x_values=strengths, records=records, progress=progress)
+    return sweep(lab, base, x="subseed_strength", x_values=strengths, y="seed", y_values=seeds, records=records,
+                 progress=progress)
+
 def _axis(name: str, value: Any) -> str:
     """A sweep axis: a Settings field (or diffusers' / A1111's name for one), as the field's name."""
     if isinstance(value, str) and ALIASES.get(value, value) in SETTING_NAMES - {"origin", "extra"}:

@@ -19,6 +19,7 @@ sampler and the concrete schedule, and ``run.requested`` the settings as the use
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import inspect
@@ -64,6 +65,7 @@ class Prepared:
     scheduler: Any = None  # a scheduler object the user gave (used as it is, a copy per run)
     recipe: Recipe | None = None  # what the sampler and schedule resolved to (sdlab.recipe_of)
     prompts: Any = None  # sdlab.prompt_encoding.PromptPlan when sdlab encodes the prompts (A1111 syntax), else None
+    notes: tuple = ()  # what preparing changed that the run should say (rng='gpu' without a GPU: 'nv')
 
 
 def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
@@ -114,8 +116,34 @@ def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
                            hint=" 'auto' reads A1111's syntax where the prompt has it; 'plain' sends the text as it is.")
     emphasis = PE.emphasis_mode(s.emphasis)
     clip_skip = PE.check_clip_skip(lab, s.clip_skip)
+    from . import rng as R
+
+    source = R.source_name(s.rng)
+    ensd = checks.whole("ensd", s.ensd, low=0, high=2 ** 62, hint=" It is A1111's Eta noise seed delta (0 for none; "
+                        "NovelAI used 31337).")
+    subseed = None if s.subseed is None else checks.whole("subseed", s.subseed, low=0, high=2 ** 63 - 1,
+                                                          hint=" It is A1111's variation seed (None for none).")
+    strength = checks.number("subseed_strength", s.subseed_strength, low=0, high=1,
+                             hint=" 0 is the seed's noise, 1 the variation seed's.")
+    if strength and subseed is None:
+        raise InvalidArgument(f"subseed_strength={strength:g} mixes in a variation seed, but subseed is None: give "
+                              "subseed=... too (or strength 0).", argument="subseed")
+    resize = None
+    if s.seed_resize_from is not None:
+        resize = checks.wholes("seed_resize_from", s.seed_resize_from, low=8, high=1 << 16)
+        if len(resize) != 2:
+            raise InvalidArgument(f"seed_resize_from must be (width, height) in pixels, not {s.seed_resize_from!r}.",
+                                  argument="seed_resize_from")
+        resize = tuple(resize)
+    notes = ()
+    if source == "gpu" and lab.device.type != "cuda":
+        source = "nv"
+        notes = (f"rng='gpu' (A1111's default random source, torch.randn on the CUDA device) with the model on "
+                 f"{lab.device}: the run draws A1111's NV noise instead, the CUDA generator emulated on the CPU (a "
+                 "GPU's own noise agrees with it to float32 rounding); its settings say rng='nv'.",)
     s = replace(s, steps=steps, eta=eta, schedule_params=params, cfg=cfg, batch_size=batch, prompt_syntax=syntax,
-                emphasis=emphasis, clip_skip=clip_skip)
+                emphasis=emphasis, clip_skip=clip_skip, rng=source, ensd=ensd, subseed=subseed,
+                subseed_strength=strength, seed_resize_from=resize)
     done = replace(s, width=int(width), height=int(height), seed=int(seed))
     if scheduler is not None and (s.sampler, s.schedule) != (Settings.sampler, Settings.schedule):
         raise InvalidArgument(f"generate got scheduler=... and also sampler={s.sampler!r} / schedule={s.schedule!r}: the "
@@ -138,17 +166,17 @@ def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
         done = replace(done, sampler=recipe.sampler, schedule=recipe.schedule, schedule_params=recipe.schedule_params,
                        scheduler_config=config)
         return _with_prompts(lab, Prepared(settings=done, requested=s, sampler=recipe.entry, scheduler=scheduler,
-                                           recipe=recipe))
+                                           recipe=recipe), notes)
     spec, concrete = catalog.resolve(s.sampler, s.schedule)  # the one name resolution of a run
     catalog.check_params(spec, concrete, s.schedule_params)
     recipe = recipes.Recipe.of(spec, concrete, family=lab.family, params=s.schedule_params)
     if recipe.has_formula:  # levels a scheduler can step through, or the reason now
         recipe.levels(int(s.steps), S.TrainingSchedule.of(lab))
     return _with_prompts(lab, Prepared(settings=replace(done, sampler=spec.name, schedule=concrete), requested=s,
-                                       sampler=spec, recipe=recipe))
+                                       sampler=spec, recipe=recipe), notes)
 
 
-def _with_prompts(lab, prepared: Prepared) -> Prepared:
+def _with_prompts(lab, prepared: Prepared, notes: tuple = ()) -> Prepared:
     """The prepared run with its prompts' plan: None for plain text within the encoder's window (the pipeline
     reads it, as a plain pipe() call does), else A1111's schedule of texts (sdlab.prompt_encoding)."""
     from . import prompt_encoding as PE
@@ -157,7 +185,7 @@ def _with_prompts(lab, prepared: Prepared) -> Prepared:
     order = prepared.sampler.order if prepared.sampler is not None else 1
     plan = PE.plan_prompts(lab, s.prompt, s.negative_prompt, steps=s.steps, calls_per_step=order,
                            syntax=s.prompt_syntax, emphasis=s.emphasis, clip_skip=s.clip_skip)
-    return replace(prepared, prompts=plan)
+    return replace(prepared, prompts=plan, notes=notes)
 
 
 def _size_hint(value, factor: int, native: int) -> str:
@@ -207,18 +235,59 @@ def scheduler_for(lab, prepared: Prepared):
     return recipes.build(recipe, lab.default_scheduler.config, seed=s.seed, **options)
 
 
-def pipe_kwargs(lab, settings: Settings, encoded=None) -> dict:
+def pipe_kwargs(lab, settings: Settings, encoded=None, noise: dict | None = None) -> dict:
     """The exact arguments of the plain diffusers call this run stands for. ``encoded``: the prompts as sdlab
-    encoded them (``prompt_encoding.encode``), passed as embeddings instead of the text."""
+    encoded them (``prompt_encoding.encode``), passed as embeddings instead of the text; ``noise``: the
+    generator / latents arguments of ``run_noise`` (by default the generators of ``noise_generators``)."""
     kwargs = dict(prompt=settings.prompt, negative_prompt=settings.negative_prompt or None,
                   guidance_scale=float(settings.cfg), num_inference_steps=int(settings.steps),
                   width=settings.width, height=settings.height, num_images_per_prompt=settings.batch_size,
-                  generator=lab.generator(settings.seed))
+                  generator=noise_generators(lab, settings))
+    if noise is not None:
+        kwargs.update(noise)
     if encoded is not None:
         kwargs.update(encoded.pipe_kwargs())
     if settings.eta is not None:
         kwargs["eta"] = float(settings.eta)
     return kwargs
+
+
+def plain_noise(settings: Settings) -> bool:
+    """Whether the pipeline's own draw gives A1111's noise: the CPU source, no ENSD, no variation seed, no
+    resize. Then the run passes generators only (one per image, seeded seed + i, as A1111 seeds a batch)."""
+    return (settings.rng == "cpu" and not settings.ensd and not settings.subseed_strength
+            and settings.seed_resize_from is None)
+
+
+def noise_generators(lab, settings: Settings):
+    """The generator argument of a plain run: one CPU generator per image, seeded seed + i (one for one image)."""
+    from .rng import image_seeds
+
+    gens = [lab.generator(s) for s in image_seeds(settings.seed, settings.batch_size)]
+    return gens[0] if len(gens) == 1 else gens
+
+
+def run_noise(lab, settings: Settings):
+    """(the pipeline's noise arguments, the NV per-step source or None) for a prepared run: A1111's starting
+    noise drawn by sdlab.rng and passed as ``latents=``, and the generators the sampler's per-step noise comes
+    from (re-seeded with ENSD; for NV a marker that sdlab.rng.per_step_noise answers)."""
+    from . import rng as R
+
+    if plain_noise(settings):
+        return {"generator": noise_generators(lab, settings)}, None
+    pipe, s = lab.pipe, settings
+    f = pipe.vae_scale_factor
+    shape = (pipe.unet.config.in_channels, s.height // f, s.width // f)
+    resize = None if s.seed_resize_from is None else (s.seed_resize_from[1] // f, s.seed_resize_from[0] // f)
+    subseeds = None if s.subseed is None else R.image_seeds(s.subseed, s.batch_size)
+    image_noise = R.ImageNoise(s.rng, R.image_seeds(s.seed, s.batch_size), shape, subseeds, s.subseed_strength,
+                               resize, s.ensd)
+    latents = image_noise.first().to(device=lab.device, dtype=pipe.text_encoder.dtype)
+    if s.rng == "nv":
+        marker = torch.Generator("cpu")
+        return {"latents": latents, "generator": marker}, (marker, image_noise)
+    gens = image_noise.generators  # past the starting noise, or made again with seed + i + ENSD
+    return {"latents": latents, "generator": gens[0] if len(gens) == 1 else gens}, None
 
 
 def initial_noise(lab, settings: Settings) -> torch.Tensor:
@@ -227,9 +296,12 @@ def initial_noise(lab, settings: Settings) -> torch.Tensor:
     from diffusers.utils.torch_utils import randn_tensor
 
     pipe = lab.pipe
+    if not plain_noise(settings):
+        return run_noise(lab, settings)[0]["latents"]
     shape = (settings.batch_size, pipe.unet.config.in_channels, settings.height // pipe.vae_scale_factor,
              settings.width // pipe.vae_scale_factor)
-    return randn_tensor(shape, generator=lab.generator(settings.seed), device=lab.device, dtype=pipe.text_encoder.dtype)
+    return randn_tensor(shape, generator=noise_generators(lab, settings), device=lab.device,
+                        dtype=pipe.text_encoder.dtype)
 
 
 def check_options(options: RunOptions) -> RunOptions:
@@ -584,7 +656,7 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
         # what will differ from the tool whose names the user typed (the plan's notes) or whose infotext
         # is regenerated, and prompt words the model cannot read: said before the first step, kept with the run
         prompts = prepared.prompts
-        for problem in (*run.plan.notes, *a1111.differences(settings, prepared.sampler, lab.source),
+        for problem in (*prepared.notes, *run.plan.notes, *a1111.differences(settings, prepared.sampler, lab.source),
                         *prompt_problems(lab, settings.prompt, settings.negative_prompt, prompts),
                         *(prompts.notes if prompts is not None else ()), *_size_notes(lab, settings)):
             run.problems.append(problem)
@@ -607,13 +679,16 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
                 run.problems.append(problem)
                 run.notices.append(problem)
                 notice(f"sdlab: {problem}", stacklevel=4)
+        noise_kwargs, nv = run_noise(lab, settings)
         pipe.scheduler = scheduler
         tap = _Tap(lab, run, scheduler, options, previewer, stop, encoded)
         try:
             said_already.depth += 1  # (the prompt's truncation was said above: diffusers' own line is dropped)
-            with tap, torch.inference_mode():
-                out = pipe(**pipe_kwargs(lab, settings, encoded), output_type="np", callback_on_step_end=tap.callback,
-                           callback_on_step_end_tensor_inputs=["latents"])
+            from .rng import per_step_noise
+
+            with tap, torch.inference_mode(), (per_step_noise(scheduler, *nv) if nv else contextlib.nullcontext()):
+                out = pipe(**pipe_kwargs(lab, settings, encoded, noise_kwargs), output_type="np",
+                           callback_on_step_end=tap.callback, callback_on_step_end_tensor_inputs=["latents"])
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
             if isinstance(exc, RuntimeError) and not isinstance(exc, torch.OutOfMemoryError) \
                     and "can't allocate memory" not in str(exc):  # torch's CPU allocator says it so

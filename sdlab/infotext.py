@@ -53,6 +53,19 @@ def format_infotext(run) -> str:
         params["Emphasis"] = EMPHASIS_LABEL.get(s.emphasis, s.emphasis)
     if getattr(run, "padded_conds", False):  # the prompt and the negative prompt took different chunk counts
         params["Pad conds"] = True
+    # the noise, with A1111's field names (modules/processing.py create_infotext: RNG only when not GPU)
+    from .rng import RNG_LABEL
+
+    source = getattr(s, "rng", "cpu")
+    if source != "gpu":
+        params["RNG"] = RNG_LABEL.get(source, source)
+    if getattr(s, "ensd", 0):
+        params["ENSD"] = s.ensd
+    if getattr(s, "subseed_strength", 0):
+        params["Variation seed"] = s.subseed
+        params["Variation seed strength"] = f"{s.subseed_strength:g}"
+    if getattr(s, "seed_resize_from", None):
+        params["Seed resize from"] = f"{s.seed_resize_from[0]}x{s.seed_resize_from[1]}"
     for key, value in s.schedule_params.items():
         params[f"Schedule {key}"] = value
     if custom:  # no catalog sampler and schedule: say so; the sdlab chunk holds the whole config
@@ -128,7 +141,10 @@ def read_settings(source) -> Settings:
             raw = json.loads(data)["settings"]
             if not isinstance(raw, dict):
                 raise TypeError
-            return Settings(**{**{k: v for k, v in raw.items() if k in SETTING_NAMES}, "origin": "sdlab"})
+            fields = {k: v for k, v in raw.items() if k in SETTING_NAMES}
+            if isinstance(fields.get("seed_resize_from"), list):  # (JSON has no tuples)
+                fields["seed_resize_from"] = tuple(fields["seed_resize_from"])
+            return Settings(**{**fields, "origin": "sdlab"})
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
             if text is None:
                 raise InvalidArgument(f"The image's sdlab settings (PNG text '{SDLAB_CHUNK}') are damaged and it has no "
@@ -242,6 +258,23 @@ def parse_infotext(text: str) -> Settings:
             settings["batch_size"] = _field(key, value, int)
         elif key == "Eta":
             settings["eta"] = _field(key, value, float)
+        elif key == "RNG":
+            from .rng import source_name
+
+            try:
+                settings["rng"] = source_name(value)
+            except SdlabError:
+                raise InvalidArgument(f"The infotext's 'RNG: {value}' is not one of A1111's random sources (CPU, GPU, "
+                                      "NV); correct or remove that field.", argument="text") from None
+        elif key == "ENSD":
+            settings["ensd"] = _field(key, value, int)
+        elif key == "Variation seed":
+            settings["subseed"] = _field(key, value, int)
+        elif key == "Variation seed strength":
+            settings["subseed_strength"] = _field(key, value, float)
+        elif key == "Seed resize from" and _RE_SIZE.match(value):
+            w, h = _RE_SIZE.match(value).groups()
+            settings["seed_resize_from"] = (int(w), int(h))
         elif key == "Clip skip":
             settings["clip_skip"] = _field(key, value, int)
         elif key == "Emphasis":
@@ -265,6 +298,9 @@ def parse_infotext(text: str) -> Settings:
             settings.setdefault("schedule_params", {})[name] = number
         else:
             extra[f"Schedule {name}"] = number
+    settings.setdefault("rng", "gpu")  # an A1111 infotext without RNG: A1111's default source, the GPU
+    if settings.get("subseed_strength") and "subseed" not in settings:
+        settings["subseed_strength"] = 0.0  # (a strength without its seed: A1111 writes both or neither)
     settings["extra"] = extra
     settings["origin"] = ORIGIN
     return Settings(**settings)

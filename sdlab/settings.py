@@ -14,7 +14,9 @@ from .errors import InvalidArgument, WrongType
 
 # diffusers' and A1111's names for the same settings
 ALIASES = {"guidance_scale": "cfg", "cfg_scale": "cfg", "num_inference_steps": "steps",
-           "num_images_per_prompt": "batch_size", "schedule_type": "schedule", "emphasis_mode": "emphasis"}
+           "num_images_per_prompt": "batch_size", "schedule_type": "schedule", "emphasis_mode": "emphasis",
+           "randn_source": "rng", "eta_noise_seed_delta": "ensd", "variation_seed": "subseed",
+           "variation_seed_strength": "subseed_strength"}
 
 
 @dataclass
@@ -40,6 +42,15 @@ class Settings:
     prompt_syntax: str = "auto"
     emphasis: str = "original"
     clip_skip: int = 1
+    # The noise (sdlab.rng): A1111's random source ("cpu", the default and diffusers'; "gpu", A1111's default;
+    # "nv", A1111's emulation of the CUDA generator on any device); image i of a batch is seeded seed + i.
+    # ensd: A1111's "Eta noise seed delta" (per-step noise seeded seed + i + ensd); subseed / subseed_strength:
+    # A1111's variation seed; seed_resize_from: (width, height) in pixels the seed's noise was first drawn at.
+    rng: str = "cpu"
+    ensd: int = 0
+    subseed: int | None = None
+    subseed_strength: float = 0.0
+    seed_resize_from: tuple | None = None
     # A scheduler given as an object rather than by name: its diffusers class and config
     # ({"_class_name": ..., **config}). When set it decides, and sampler / schedule name its catalog entry.
     scheduler_config: dict | None = None
