@@ -207,7 +207,11 @@ def variations(lab, base: Settings | None = None, *, subseed: int, strengths: Se
     ``subseed``'s (1), everything else fixed (``sdlab.rng.slerp``); ``seeds``: one row per seed. A sweep over
     ``subseed_strength`` (show it with ``plots.xy_plot``)."""
     checks.lab("lab", lab)
+    if base is not None and not isinstance(base, Settings):
+        raise WrongType(f"base must be sdlab.Settings (or None), not {type(base).__name__}.", argument="base")
     subseed = checks.whole("subseed", subseed, low=0, high=2 ** 63 - 1, hint=" It is the variation seed.")
+    if seeds is not None:
+        seeds = checks.wholes("seeds", seeds, low=0, high=2 ** 63 - 1, hint=" One row of pictures per seed.")
     strengths = [checks.number("strengths", v, low=0, high=1, hint=" Each is a subseed_strength from 0 to 1.")
                  for v in _values("strengths", strengths)]
     base = (base or Settings()).updated(**settings, subseed=subseed)

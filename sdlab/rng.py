@@ -57,11 +57,11 @@ TWO_POW32_INV = np.float32(2.3283064e-10)
 TWO_POW32_INV_2PI = np.float32(2.3283064e-10) * np.float32(6.2831855)
 
 
-def source_name(value) -> str:
+def source_name(value, name: str = "rng") -> str:
     """``rng`` checked: sdlab's names, or A1111's infotext ones ("NV", "GPU", "CPU"), in any case."""
     if isinstance(value, str) and value.strip().lower() in SOURCES:
         return value.strip().lower()
-    return checks.choice("rng", value, SOURCES, hint=" 'cpu' is diffusers' (and sdlab's) default; A1111's is "
+    return checks.choice(name, value, SOURCES, hint=" 'cpu' is diffusers' (and sdlab's) default; A1111's is "
                                                    "'gpu', and 'nv' reproduces it on any device.")
 
 
@@ -202,7 +202,7 @@ def noise(seed, shape, source: str = "cpu", subseed=None, subseed_strength: floa
     height) in pixels of the picture the seed was first used for."""
     from .notices import notice
 
-    source = source_name(source)
+    source = source_name(source, "source")
     seed = checks.whole("seed", seed, low=0, high=2 ** 63 - 1)
     dims = checks.wholes("shape", shape, low=1, high=1 << 16)
     if len(dims) not in (3, 4):

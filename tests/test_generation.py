@@ -38,7 +38,11 @@ def test_bit_identical_to_a_plain_pipe_call(lab, sampler):
 def test_bit_identical_with_other_schedules_and_sizes(lab, sampler, schedule):
     run = lab.generate(PROMPT, negative_prompt=NEGATIVE, sampler=sampler, schedule=schedule, steps=5, seed=3,
                        width=48, height=80, batch_size=2)
-    plain = _plain(lab, sampler, schedule, steps=5, seed=3, width=48, height=80, num_images_per_prompt=2)
+    # a batch seeds image i with seed + i, as A1111 does: in diffusers, a generator per image
+    lab.pipe.scheduler = sdlab.make_scheduler(lab, sampler, schedule, seed=3)
+    plain = lab.pipe(PROMPT, negative_prompt=NEGATIVE, guidance_scale=7.0, num_inference_steps=5, width=48, height=80,
+                     num_images_per_prompt=2, generator=[torch.Generator().manual_seed(3 + i) for i in range(2)],
+                     output_type="pil").images
     assert [im.tobytes() for im in run.images] == [im.tobytes() for im in plain]
     assert run.image.size == (48, 80) and len(run.images) == 2
 

@@ -142,8 +142,9 @@ def test_regenerating_an_a1111_infotext_reports_every_difference(lab):
         run = lab.generate(settings)
     said = "\n".join(run.problems)
     assert "A1111's DPM++ 2M SDE is not reproduced exactly" in said  # sampler numerics
-    assert "RNG: GPU" in said and "CPU torch.Generator" in said        # noise source
-    assert "ENSD: 31337" in said
+    # the noise: A1111's default GPU source (no RNG field), here without a GPU drawn as NV, and said so
+    assert run.settings.rng == "nv" and "A1111's NV noise" in said and "RNG" not in said.split("NV noise")[-1]
+    assert run.settings.ensd == 31337 and "ENSD" not in said  # ENSD is applied as A1111 applies it
     # Clip skip and the prompt syntax are read as A1111 reads them, so they are no longer differences; the LoRA
     # tag is (sdlab takes it out of the text but loads no LoRA)
     assert run.settings.clip_skip == 2 and "Clip skip" not in said and run.prompt_plan is not None

@@ -122,7 +122,7 @@ def test_seed_resize_pastes_the_old_sizes_noise_into_the_centre():
 
 
 def test_noise_refuses_what_it_cannot_draw():
-    for kwargs, name in ((dict(source="GPU!"), "rng"), (dict(subseed_strength=0.5), "subseed"),
+    for kwargs, name in ((dict(source="GPU!"), "source"), (dict(subseed_strength=0.5), "subseed"),
                          (dict(subseed=1, subseed_strength=2), "subseed_strength"),
                          (dict(seed_resize_from=(4, 4)), "seed_resize_from")):
         with pytest.raises(sdlab.SdlabError) as err:

@@ -29,6 +29,7 @@ from ..generation import Job, native_size, prepare
 from ..noise_schedules import schedule_label
 from ..previews import to_jpeg
 from ..records import Run, StepEvent
+from ..rng import source_name
 from ..settings import Settings
 from ..toy import is_teaching_model
 from .controls import SamplerPicker
@@ -36,6 +37,7 @@ from .look import ERROR_STYLE, NOTICE_STYLE, Look, messages, placeholder
 from .viewer import StepViewer, _check_run, _picture, prompt_line
 
 PREVIEWS = [("approx (fast)", "approx"), ("TAESD", "taesd"), ("full VAE", "vae"), ("off", "off")]
+RNG_CHOICES = [("CPU (diffusers, sdlab)", "cpu"), ("GPU (A1111's default)", "gpu"), ("NV (GPU noise on any device)", "nv")]
 HISTORY_LIMIT = 24
 
 
@@ -103,6 +105,17 @@ class Studio(W.VBox):
         self.seed_used = W.HTML(layout=W.Layout(margin=f"0 {px(8)}"))
         self.reuse = W.Button(description="reuse this seed", icon="recycle", layout=W.Layout(width=px(160)),
                               tooltip="Fix the seed to the one the run on screen used", disabled=True)
+        # the noise, as A1111 offers it: the random source, and a variation seed mixed in by its strength
+        full = {"description_width": "initial"}  # (each label in full, at any scale)
+        self.rng = W.Dropdown(options=RNG_CHOICES, value=source_name(s.rng), description="Noise", style=full,
+                              layout=W.Layout(width=px(290)),
+                              tooltip="A1111's random number generator source: GPU is its default; NV draws the "
+                                      "GPU's noise on any device")
+        self.subseed = W.IntText(value=s.subseed or 0, description="Variation seed", style=full,
+                                 layout=W.Layout(width=px(230)))
+        self.subseed_strength = W.FloatSlider(value=checked.subseed_strength, min=0.0, max=1.0, step=0.01,
+                                              description="strength", style=full, layout=W.Layout(width=px(300)),
+                                              tooltip="0: the seed's noise; 1: the variation seed's (A1111's slerp)")
         self.width = W.IntText(value=checked.width, description="Width", layout=W.Layout(width=px(170)))
         self.height = W.IntText(value=checked.height, description="Height", layout=W.Layout(width=px(170)))
         self.viewer = StepViewer(lab=lab)
@@ -138,6 +151,9 @@ class Studio(W.VBox):
                              (self.cfg, "cfg"), (self.width, "width"), (self.height, "height"),
                              (self.picker.sampler, "sampler"), (self.picker.schedule, "schedule")):
             widget.observe(self._writer(name), names="value")
+        self.rng.observe(self._writer("rng"), names="value")
+        for widget in (self.subseed, self.subseed_strength):
+            widget.observe(lambda _: self._sync_variation(), names="value")
         self.seed.observe(lambda _: self._sync_seed(), names="value")
         self.seed_mode.observe(lambda _: self._sync_seed(), names="value")
         self.reuse.on_click(self._on_reuse)
@@ -150,6 +166,7 @@ class Studio(W.VBox):
             W.HBox([self.picker, self.steps], layout=W.Layout(**row)),
             W.HBox([self.cfg, self.width, self.height], layout=W.Layout(**row)),
             W.HBox([self.seed_mode, self.seed, self.seed_used, self.reuse], layout=W.Layout(**row)),
+            W.HBox([self.rng, self.subseed, self.subseed_strength], layout=W.Layout(**row)),
             W.HBox([self.generate_button, self.stop_button, self.live, self.progress], layout=W.Layout(**row)),
             self.summary, self.error, self.notes, self.viewer,
             W.HTML("<b>History</b> (this session)"), self.history_box,
@@ -167,6 +184,12 @@ class Studio(W.VBox):
         fixed = self.seed_mode.value == "fixed"
         self.seed.layout.display = "" if fixed else "none"  # the box is an input: shown only where it is used
         self.settings = replace(self.settings, seed=int(self.seed.value) if fixed else None)
+
+    def _sync_variation(self) -> None:
+        """The variation seed is part of the settings only where its strength mixes it in."""
+        strength = float(self.subseed_strength.value)
+        self.settings = replace(self.settings, subseed_strength=strength,
+                                subseed=int(self.subseed.value) if strength > 0 else None)
 
     def _on_reuse(self, _=None) -> None:
         """Fix the seed to the one on screen (the shown run's, or the running one's)."""
@@ -209,6 +232,9 @@ class Studio(W.VBox):
         self.picker.value = (checked.sampler, settings.schedule if settings.schedule == "automatic" else checked.schedule)
         self.steps.value, self.cfg.value = checked.steps, checked.cfg
         self.width.value, self.height.value = width, height
+        self.rng.value = source_name(settings.rng)  # (as asked: 'gpu' stays 'gpu', the run says what it drew)
+        self.subseed.value = checked.subseed or 0
+        self.subseed_strength.value = checked.subseed_strength
         if settings.seed is not None:
             self.seed.value = settings.seed
             self.seed_mode.value = "fixed"
@@ -447,7 +473,19 @@ def _summary(s: Settings) -> str:
     negative = f" &middot; negative: &ldquo;{html.escape(s.negative_prompt)}&rdquo;" if s.negative_prompt else ""
     return (f"{html.escape(s.sampler)} &middot; {html.escape(schedule_label(s.schedule))} schedule &middot; "
             f"{s.steps} steps &middot; CFG {s.cfg:g} &middot; {s.width}x{s.height} &middot; seed {s.seed} &middot; "
-            f"prompt: &ldquo;{html.escape(s.prompt)}&rdquo;{negative}")
+            f"prompt: &ldquo;{html.escape(s.prompt)}&rdquo;{negative}{_noise_summary(s)}")
+
+
+def _noise_summary(s: Settings) -> str:
+    """The noise, where it is not the default CPU draw of the seed alone."""
+    parts = [] if s.rng == "cpu" else [f"noise {s.rng.upper()}"]
+    if s.subseed_strength:
+        parts.append(f"variation seed {s.subseed} at {s.subseed_strength:g}")
+    if s.ensd:
+        parts.append(f"ENSD {s.ensd}")
+    if s.seed_resize_from:
+        parts.append(f"seed resized from {s.seed_resize_from[0]}x{s.seed_resize_from[1]}")
+    return "".join(f" &middot; {html.escape(p)}" for p in parts)
 
 
 def _progress(event: StepEvent, elapsed: float) -> str:
