@@ -128,13 +128,7 @@ def prepare(lab, settings: Settings | Prepared, *, scheduler=None) -> Prepared:
     if strength and subseed is None:
         raise InvalidArgument(f"subseed_strength={strength:g} mixes in a variation seed, but subseed is None: give "
                               "subseed=... too (or strength 0).", argument="subseed")
-    resize = None
-    if s.seed_resize_from is not None:
-        resize = checks.wholes("seed_resize_from", s.seed_resize_from, low=8, high=1 << 16)
-        if len(resize) != 2:
-            raise InvalidArgument(f"seed_resize_from must be (width, height) in pixels, not {s.seed_resize_from!r}.",
-                                  argument="seed_resize_from")
-        resize = tuple(resize)
+    resize = R.resize_from("seed_resize_from", s.seed_resize_from)
     notes = ()
     if source == "gpu" and lab.device.type != "cuda":
         source = "nv"
@@ -232,7 +226,11 @@ def scheduler_for(lab, prepared: Prepared):
     s, recipe = prepared.settings, prepared.recipe
     own = S.SCHEDULES[recipe.schedule].params if recipe.schedule in S.SCHEDULES else {}
     options = {k: v for k, v in s.schedule_params.items() if k not in own}  # the scheduler class's options
-    return recipes.build(recipe, lab.default_scheduler.config, seed=s.seed, **options)
+    # DPM++ SDE's Brownian tree: one per image, seeded with the image's seed, as A1111 seeds it for a batch
+    from .rng import image_seeds
+
+    seeds = image_seeds(s.seed, s.batch_size, s.subseed_strength)
+    return recipes.build(recipe, lab.default_scheduler.config, seed=seeds[0] if len(seeds) == 1 else seeds, **options)
 
 
 def pipe_kwargs(lab, settings: Settings, encoded=None, noise: dict | None = None) -> dict:
@@ -263,7 +261,7 @@ def noise_generators(lab, settings: Settings):
     """The generator argument of a plain run: one CPU generator per image, seeded seed + i (one for one image)."""
     from .rng import image_seeds
 
-    gens = [lab.generator(s) for s in image_seeds(settings.seed, settings.batch_size)]
+    gens = [lab.generator(s) for s in image_seeds(settings.seed, settings.batch_size, settings.subseed_strength)]
     return gens[0] if len(gens) == 1 else gens
 
 
@@ -280,8 +278,8 @@ def run_noise(lab, settings: Settings):
     shape = (pipe.unet.config.in_channels, s.height // f, s.width // f)
     resize = None if s.seed_resize_from is None else (s.seed_resize_from[1] // f, s.seed_resize_from[0] // f)
     subseeds = None if s.subseed is None else R.image_seeds(s.subseed, s.batch_size)
-    image_noise = R.ImageNoise(s.rng, R.image_seeds(s.seed, s.batch_size), shape, subseeds, s.subseed_strength,
-                               resize, s.ensd)
+    image_noise = R.ImageNoise(s.rng, R.image_seeds(s.seed, s.batch_size, s.subseed_strength), shape, subseeds,
+                               s.subseed_strength, resize, s.ensd)
     latents = image_noise.first().to(device=lab.device, dtype=pipe.text_encoder.dtype)
     if s.rng == "nv":
         marker = torch.Generator("cpu")

@@ -35,11 +35,16 @@ def _quote(value: Any) -> str:
     return text
 
 
-def format_infotext(run) -> str:
+def format_infotext(run, index: int = 0) -> str:
+    """The A1111 infotext of image ``index`` of the run: its own seed (and variation seed), as A1111 writes
+    each image of a batch (modules/processing.py create_infotext)."""
+    from .rng import image_seeds
+
     s = run.settings
     custom = s.scheduler_config is not None and (s.schedule == "custom" or s.sampler not in CATALOG)
     params = {"Steps": s.steps, "Sampler": s.sampler, "Schedule type": None if custom else S.schedule_label(s.schedule),
-              "CFG scale": f"{s.cfg:g}", "Seed": s.seed, "Size": f"{s.width}x{s.height}",
+              "CFG scale": f"{s.cfg:g}", "Seed": image_seeds(s.seed, s.batch_size, s.subseed_strength)[index],
+              "Size": f"{s.width}x{s.height}",
               "Model": Path(run.model).stem if run.model else None}
     if s.batch_size > 1:
         params["Batch size"] = s.batch_size
@@ -59,11 +64,12 @@ def format_infotext(run) -> str:
     source = getattr(s, "rng", "cpu")
     if source != "gpu":
         params["RNG"] = RNG_LABEL.get(source, source)
-    if getattr(s, "ensd", 0):
-        params["ENSD"] = s.ensd
+    entry = CATALOG.get(s.sampler)
+    if getattr(s, "ensd", 0) and ((entry is not None and entry.stochastic) or (s.eta or 0) > 0):
+        params["ENSD"] = s.ensd  # (A1111 writes it only for samplers whose noise it changes)
     if getattr(s, "subseed_strength", 0):
-        params["Variation seed"] = s.subseed
-        params["Variation seed strength"] = f"{s.subseed_strength:g}"
+        params["Variation seed"] = s.subseed + index
+        params["Variation seed strength"] = str(float(s.subseed_strength))
     if getattr(s, "seed_resize_from", None):
         params["Seed resize from"] = f"{s.seed_resize_from[0]}x{s.seed_resize_from[1]}"
     for key, value in s.schedule_params.items():
@@ -119,7 +125,7 @@ def save_png(run, path, *, index: int = 0) -> Path:
     index = checks.whole("index", index, low=-len(run.images), high=len(run.images) - 1)
     path = checks.output_file("path", path, suffix=".png")  # .png: the settings travel with the picture
     info = PngInfo()
-    info.add_text(A1111_CHUNK, format_infotext(run))
+    info.add_text(A1111_CHUNK, format_infotext(run, index % len(run.images)))
     data = settings_json(run)
     data["image_index"] = index
     info.add_text(SDLAB_CHUNK, json.dumps(data))

@@ -378,10 +378,13 @@ def check_scheduler_config(config: Any) -> Mapping:
         v = config.get(key)
         if v is None:
             continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi \
-                or (whole and int(v) != v):
-            kind = "a whole number" if whole else "a number"
-            raise InvalidArgument(f"scheduler_config[{key!r}] is {v!r}; it must be {kind} from {lo:g} to {hi:g}.")
+        # (DPM++ SDE's noise_sampler_seed may be one seed per image of a batch, as diffusers' BatchedBrownianTree takes)
+        values = v if key == "noise_sampler_seed" and isinstance(v, (list, tuple)) and 1 <= len(v) <= 4096 else [v]
+        for x in values:
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or not lo <= x <= hi \
+                    or (whole and int(x) != x):
+                kind = "a whole number" if whole else "a number"
+                raise InvalidArgument(f"scheduler_config[{key!r}] is {v!r}; it must be {kind} from {lo:g} to {hi:g}.")
     for key, choices in _CONFIG_CHOICES.items():
         if key in config and config[key] not in choices:
             raise InvalidArgument(f"scheduler_config[{key!r}] is {config[key]!r}; it must be one of {', '.join(choices)}.")
@@ -460,8 +463,8 @@ def build(recipe: Recipe, base: Mapping, *, seed: int | None = None, **options: 
     init = _init_params(diffusers_cls)
     overrides: dict[str, Any] = {k: v for k, v in _PITFALLS.items() if k in init}
     overrides.update(spec.options)
-    if seed is not None and "noise_sampler_seed" in init:
-        overrides["noise_sampler_seed"] = int(seed)
+    if seed is not None and "noise_sampler_seed" in init:  # (a list: one Brownian tree per image of a batch)
+        overrides["noise_sampler_seed"] = [int(x) for x in seed] if isinstance(seed, (list, tuple)) else int(seed)
     overrides.update(schedule_options(recipe.schedule, diffusers_cls))
     overrides.update(options)
     cls = _FOLLOWING[diffusers_cls.__name__] if spec.route != "spacing" else diffusers_cls

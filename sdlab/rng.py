@@ -3,8 +3,9 @@
 A1111 (its setting "Random number generator source", infotext ``RNG:``; behaviour of its modules/rng.py and
 rng_philox.py, PR #9734, written here from that behaviour and from the sources below, not from its AGPL code):
 
-- Every image of a batch has its own seed, ``seed + i``, and its own generator, which draws the image's
-  starting noise (C, H, W) and then, step after step, the noise of ancestral and SDE samplers.
+- Every image of a batch has its own seed, ``seed + i`` (with a variation seed: the seed, and ``subseed + i``),
+  and its own generator, which draws the image's starting noise (C, H, W) and then, step after step, the noise
+  of ancestral samplers; DPM++ SDE's Brownian tree is seeded with the images' seeds too.
 - "CPU": ``torch.randn`` with a CPU ``torch.Generator``. For one image this is what diffusers draws with
   ``generator=torch.Generator().manual_seed(seed)``, so sdlab's default runs are unchanged.
 - "GPU" (A1111's default): ``torch.randn`` on the CUDA device. The same seed gives other numbers than on the
@@ -35,6 +36,7 @@ Data in, tensors out: numpy and torch only; no pipeline, no widgets.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -45,6 +47,7 @@ from . import checks
 from .errors import InvalidArgument
 
 SOURCES = ("cpu", "gpu", "nv")
+MAX_NUMBERS = 1 << 26  # what sdlab.noise draws at most: 4x more than a batch of 64 SDXL latents, about 40 s as NV
 A1111_RNG = {"CPU": "cpu", "GPU": "gpu", "NV": "nv"}  # infotext "RNG: NV" -> sdlab's name
 RNG_LABEL = {v: k for k, v in A1111_RNG.items()}
 
@@ -97,15 +100,22 @@ class NVGenerator:
         self.seed = int(seed) & 0xFFFFFFFFFFFFFFFF  # torch keeps a seed as 64 bits
         self.calls = 0
 
+    CHUNK = 1 << 20  # numbers computed at once (Philox's 64-bit intermediates: about 100 bytes per number)
+
     def randn(self, shape: Sequence[int]) -> torch.Tensor:
         n = int(np.prod(shape))
-        i = np.arange(n, dtype=np.uint64)
-        counter = np.stack([np.full(n, self.calls & 0xFFFFFFFF, dtype=np.uint64),
-                            np.full(n, self.calls >> 32, dtype=np.uint64), i & _MASK, i >> np.uint64(32)])
-        key = np.stack([np.full(n, self.seed & 0xFFFFFFFF, dtype=np.uint64), np.full(n, self.seed >> 32, dtype=np.uint64)])
+        out = np.empty(n, dtype=np.float32)
+        for start in range(0, n, self.CHUNK):
+            i = np.arange(start, min(n, start + self.CHUNK), dtype=np.uint64)
+            m = len(i)
+            counter = np.stack([np.full(m, self.calls & 0xFFFFFFFF, dtype=np.uint64),
+                                np.full(m, self.calls >> 32, dtype=np.uint64), i & _MASK, i >> np.uint64(32)])
+            key = np.stack([np.full(m, self.seed & 0xFFFFFFFF, dtype=np.uint64),
+                            np.full(m, self.seed >> 32, dtype=np.uint64)])
+            words = philox4x32_10(counter, key)
+            out[start:start + m] = box_muller(words[0], words[1])
         self.calls += 1
-        words = philox4x32_10(counter, key)
-        return torch.from_numpy(box_muller(words[0], words[1]).reshape(tuple(shape)))
+        return torch.from_numpy(out.reshape(tuple(shape)))
 
 
 def _generator(source: str, seed: int):
@@ -189,17 +199,31 @@ class ImageNoise:
         return torch.stack([_draw(self.source, g, self.shape) for g in self.generators])
 
 
-def image_seeds(seed: int, batch: int) -> list[int]:
-    """A1111's seeds of a batch: seed + i for image i."""
-    return [int(seed) + i for i in range(batch)]
+def image_seeds(seed: int, batch: int, subseed_strength: float = 0.0) -> list[int]:
+    """A1111's seeds of a batch: seed + i for image i; with a variation seed mixed in, every image keeps the
+    seed and only the variation seed steps (modules/processing.py: all_seeds, all_subseeds)."""
+    return [int(seed) + (0 if subseed_strength else i) for i in range(batch)]
+
+
+def resize_from(name: str, value) -> tuple[int, int] | None:
+    """``seed_resize_from`` checked: None, (width, height) in pixels, or A1111's "WxH" text."""
+    if value is None:
+        return None
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*x\s*\d+\s*", value):
+        value = tuple(int(v) for v in value.lower().split("x"))
+    hint = " It is (width, height) in pixels of the picture the seed was first used for; None for no resize (A1111's 0)."
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise InvalidArgument(f"{name} must be (width, height) in pixels, such as (512, 512), or None, not "
+                              f"{value!r:.60}.{hint}", argument=name)
+    return tuple(checks.wholes(name, value, low=8, high=1 << 16, hint=hint))
 
 
 def noise(seed, shape, source: str = "cpu", subseed=None, subseed_strength: float = 0.0,
           seed_resize_from=None) -> torch.Tensor:
     """The starting latents A1111 would draw, as a float32 CPU tensor of ``shape`` (B, C, H, W) or (C, H, W)
     (one image). ``source``: "cpu", "gpu" (a CUDA generator where CUDA is present, else "nv", saying so) or
-    "nv"; image i of a batch is seeded with ``seed + i`` (and ``subseed + i``); ``seed_resize_from``: (width,
-    height) in pixels of the picture the seed was first used for."""
+    "nv"; image i of a batch is seeded with ``seed + i``, or, with a variation seed mixed in, the seed and
+    ``subseed + i``; ``seed_resize_from``: (width, height) in pixels of the picture the seed was first used for."""
     from .notices import notice
 
     source = source_name(source, "source")
@@ -210,25 +234,24 @@ def noise(seed, shape, source: str = "cpu", subseed=None, subseed_strength: floa
                               f"{tuple(dims)}.", argument="shape")
     one = len(dims) == 3
     b, c, h, w = (1, *dims) if one else dims
-    if b * c * h * w > 1 << 28:
-        raise InvalidArgument(f"shape {tuple(dims)} holds {b * c * h * w:,} numbers; at most {1 << 28:,} are drawn.",
-                              argument="shape")
+    if b * c * h * w > MAX_NUMBERS:
+        raise InvalidArgument(f"shape {tuple(dims)} holds {b * c * h * w:,} numbers; at most {MAX_NUMBERS:,} are drawn "
+                              "(a batch of 64 latents at 1024 px is 16.8 million).", argument="shape")
     strength = checks.number("subseed_strength", subseed_strength, low=0, high=1,
                              hint=" 0 is the seed's noise, 1 the subseed's.")
     subseeds = None
     if subseed is not None:
-        subseeds = image_seeds(checks.whole("subseed", subseed, low=0, high=2 ** 63 - 1), b)
+        subseeds = image_seeds(checks.whole("subseed", subseed, low=0, high=2 ** 63 - 1), b)  # (subseed + i)
     elif strength:
         raise InvalidArgument("subseed_strength is set but there is no subseed: give subseed=... as well.",
                               argument="subseed")
-    resize = None
-    if seed_resize_from is not None:
-        rw, rh = checks.wholes("seed_resize_from", seed_resize_from, low=8, high=1 << 16)
-        resize = (rh // 8, rw // 8)
+    resize = resize_from("seed_resize_from", seed_resize_from)
+    if resize is not None:
+        resize = (resize[1] // 8, resize[0] // 8)  # (latent rows, columns), as A1111 divides the pixels by 8
     if source == "gpu" and not torch.cuda.is_available():
         notice("sdlab: rng='gpu' without a GPU: drawing A1111's NV noise, the CUDA generator emulated on the CPU.")
         source = "nv"
-    got = ImageNoise(source, image_seeds(seed, b), (c, h, w), subseeds, strength, resize).first()
+    got = ImageNoise(source, image_seeds(seed, b, strength), (c, h, w), subseeds, strength, resize).first()
     return got[0] if one else got
 
 

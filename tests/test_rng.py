@@ -235,3 +235,35 @@ def test_nv_noise_matches_torch_randn_on_cuda(shape):
         gpu = torch.randn(shape, generator=g, device="cuda").cpu()
         nv = R.NVGenerator(seed).randn(shape)
         assert torch.allclose(nv, gpu, rtol=0, atol=2e-6), (seed, float((nv - gpu).abs().max()))
+
+
+def test_what_the_trial_found(lab, tmp_path):
+    kw = dict(steps=4, sampler="DPM++ 2M", width=64, height=64)
+    # a variation batch keeps the seed for every image and steps the variation seed (A1111's all_subseeds)
+    batch = lab.generate("x", seed=1, subseed=9, subseed_strength=0.3, batch_size=2, **kw)
+    alone = lab.generate("x", seed=1, subseed=10, subseed_strength=0.3, **kw)
+    start = sdlab.generation.initial_noise(lab, batch.settings).cpu()
+    assert torch.equal(start[1], sdlab.generation.initial_noise(lab, alone.settings).cpu()[0])
+    assert torch.equal(start, sdlab.noise(1, (2, 4, 8, 8), subseed=9, subseed_strength=0.3))
+    # DPM++ SDE's Brownian tree: one per image, seeded with the image's seed, so image 1 of a batch is the run of
+    # seed + 1 (to the batched UNet's float32 sums)
+    sde = lab.generate("x", seed=10, batch_size=2, **dict(kw, sampler="DPM++ SDE"))
+    one = lab.generate("x", seed=11, **dict(kw, sampler="DPM++ SDE"))
+    assert torch.allclose(sde.final_latents[1], one.final_latents[0], atol=1e-3)
+    # seed_resize_from: checked by name everywhere, A1111's "WxH" understood
+    with pytest.raises(sdlab.InvalidArgument, match="seed_resize_from") as err:
+        sdlab.noise(1, (1, 4, 8, 8), seed_resize_from=(512, 512, 512))
+    assert err.value.argument == "seed_resize_from"
+    assert torch.equal(sdlab.noise(1, (4, 8, 8), seed_resize_from="32x32"), sdlab.noise(1, (4, 8, 8), seed_resize_from=(32, 32)))
+    with pytest.raises(sdlab.InvalidArgument, match="at most"):
+        sdlab.noise(1, (1, 4, 8192, 8192), source="nv")
+    # the infotext: ENSD only where the sampler's noise uses it, the strength unrounded, each image its own seed
+    assert "ENSD" not in lab.generate("x", seed=1, ensd=31337, **kw).infotext()
+    assert "ENSD: 31337" in lab.generate("x", seed=1, ensd=31337, **dict(kw, sampler="Euler a")).infotext()
+    exact = lab.generate("x", seed=5, subseed=9, subseed_strength=0.123456789, **kw)
+    assert sdlab.parse_infotext(exact.infotext()).subseed_strength == 0.123456789
+    two = lab.generate("x", seed=1, batch_size=2, **kw)
+    from PIL import Image
+
+    with Image.open(two.save(tmp_path / "b.png", index=1)) as im:
+        assert "Seed: 2," in im.info["parameters"]

@@ -111,8 +111,9 @@ class Studio(W.VBox):
                               layout=W.Layout(width=px(290)),
                               tooltip="A1111's random number generator source: GPU is its default; NV draws the "
                                       "GPU's noise on any device")
-        self.subseed = W.IntText(value=s.subseed or 0, description="Variation seed", style=full,
-                                 layout=W.Layout(width=px(230)))
+        self.subseed = W.BoundedIntText(value=s.subseed or 0, min=0, max=2 ** 32 - 1, description="Variation seed",
+                                        style=full, layout=W.Layout(width=px(230)),
+                                        tooltip="Mixed in by its strength (0: not at all)")
         self.subseed_strength = W.FloatSlider(value=checked.subseed_strength, min=0.0, max=1.0, step=0.01,
                                               description="strength", style=full, layout=W.Layout(width=px(300)),
                                               tooltip="0: the seed's noise; 1: the variation seed's (A1111's slerp)")
@@ -233,8 +234,16 @@ class Studio(W.VBox):
         self.steps.value, self.cfg.value = checked.steps, checked.cfg
         self.width.value, self.height.value = width, height
         self.rng.value = source_name(settings.rng)  # (as asked: 'gpu' stays 'gpu', the run says what it drew)
+        if (checked.subseed or 0) > self.subseed.max:
+            self.subseed.max = checked.subseed
         self.subseed.value = checked.subseed or 0
         self.subseed_strength.value = checked.subseed_strength
+        kept = [f"ENSD {checked.ensd}"] if checked.ensd else []
+        if checked.seed_resize_from:
+            kept.append(f"Seed resize from {checked.seed_resize_from[0]}x{checked.seed_resize_from[1]}")
+        if kept:
+            said.append(f"{' and '.join(kept)} {'are' if len(kept) > 1 else 'is'} kept from these settings (no control "
+                        f"shows {'them' if len(kept) > 1 else 'it'}; the summary line of each run does).")
         if settings.seed is not None:
             self.seed.value = settings.seed
             self.seed_mode.value = "fixed"
