@@ -309,6 +309,7 @@ def check_options(options: RunOptions) -> RunOptions:
     checks.choice("preview_target", options.preview_target, TARGETS, hint=" x0 is the predicted clean image, xt the sample.")
     checks.flag("preview_channels", options.preview_channels)
     checks.flag("record", options.record)
+    checks.flag("attention", options.attention)
     checks.function("on_step", options.on_step)
     checks.choice("record_dtype", options.record_dtype, (torch.float16, torch.bfloat16, torch.float32, torch.float64),
                   hint=" float16 keeps records small; float32 for checks by hand.")
@@ -402,6 +403,7 @@ class _Tap:
                  stop: threading.Event, encoded=None):
         self.lab, self.run, self.scheduler, self.options = lab, run, scheduler, options
         self.encoded = encoded  # prompt_encoding.Encoded: the prompts sdlab encoded (A1111 syntax), else None
+        self.recorder = None  # attention.AttentionRecorder when the run records cross-attention maps
         self.previewer, self.stop = previewer, stop
         self.host = _Host(lab.device, options.record_dtype)
         self.clock = _Clock(lab.device)
@@ -480,6 +482,9 @@ class _Tap:
             if self.encoded.plan.edits and i + 1 < plan.nfe and self.encoded.entries(i + 1) != self.encoded.entries(i):
                 switch = self._embeds(pipe, i + 1)  # prompt editing: the next call's conditioning
         run.records.append(rec)
+        if self.recorder is not None:
+            run.attention.calls.append(self.recorder.take())
+            run.attention.step_of_call.append(rec.step)
         preview = channels = None
         if self.previewer is not None:
             src = record_tensor(self.previewer.target, self.x0, latents, rec.xt_scale)
@@ -678,13 +683,16 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
                 run.notices.append(problem)
                 notice(f"sdlab: {problem}", stacklevel=4)
         noise_kwargs, nv = run_noise(lab, settings)
+        recorder = _attention_recorder(lab, run, settings, options, encoded)
         pipe.scheduler = scheduler
         tap = _Tap(lab, run, scheduler, options, previewer, stop, encoded)
+        tap.recorder = recorder
         try:
             said_already.depth += 1  # (the prompt's truncation was said above: diffusers' own line is dropped)
             from .rng import per_step_noise
 
-            with tap, torch.inference_mode(), (per_step_noise(scheduler, *nv) if nv else contextlib.nullcontext()):
+            with tap, torch.inference_mode(), (per_step_noise(scheduler, *nv) if nv else contextlib.nullcontext()), \
+                    (recorder if recorder is not None else contextlib.nullcontext()):
                 out = pipe(**pipe_kwargs(lab, settings, encoded, noise_kwargs), output_type="np",
                            callback_on_step_end=tap.callback, callback_on_step_end_tensor_inputs=["latents"])
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
@@ -722,6 +730,33 @@ def _run(lab, prepared: Prepared, options: RunOptions, previewer: Previewer | No
         return run
     finally:
         lab._lock.release()
+
+
+def _attention_recorder(lab, run: Run, settings: Settings, options: RunOptions, encoded):
+    """The run's cross-attention recorder (and its empty maps on the run), or None when not asked for."""
+    if not options.attention:
+        return None
+    from .attention import AttentionMaps, AttentionRecorder, cross_attention_layers, prompt_tokens
+    from .errors import NotSupported
+
+    pipe = lab.pipe
+    if not cross_attention_layers(pipe.unet):
+        raise NotSupported("attention=True: this model's UNet has no cross-attention layers (the teaching model "
+                           "computes its denoiser exactly, without attention); look at word influence instead.",
+                           argument="attention")
+    if encoded is not None:  # the prompt's own tokens across its chunks (the first text of an edited prompt)
+        from .prompt_encoding import chunks, _pieces
+
+        ids = [i for c in chunks(pipe.tokenizer, _pieces(encoded.plan.prompt[0][1], encoded.plan.emphasis)) for i in c.ids]
+        ids += [pipe.tokenizer.pad_token_id] * (encoded.prompt[0].embeds.shape[1] - len(ids))
+    else:
+        ids = pipe.tokenizer(settings.prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True).input_ids
+    words, positions = prompt_tokens(pipe.tokenizer, ids)
+    run.attention = AttentionMaps(tokens=words, positions=positions)
+    f = pipe.vae_scale_factor
+    return AttentionRecorder(pipe.unet, positions, settings.height // f, settings.width // f,
+                             guidance_applies(pipe, settings.cfg))
 
 
 def _size_notes(lab, settings: Settings) -> list[str]:

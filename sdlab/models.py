@@ -243,7 +243,7 @@ class Lab:
                  prompt_syntax: str = DEFAULT, emphasis: str = DEFAULT, clip_skip: int = DEFAULT,
                  preview: str | None = DEFAULT, preview_target: str = DEFAULT, preview_channels: bool = DEFAULT,
                  on_step=DEFAULT, record: bool = DEFAULT, record_dtype: torch.dtype = DEFAULT, taesd=DEFAULT,
-                 scheduler=None, stop=None, queue: bool = False, **aliases) -> "Run":
+                 attention: bool = DEFAULT, scheduler=None, stop=None, queue: bool = False, **aliases) -> "Run":
         """Generate one picture (or a batch) with every step recorded; returns a Run.
 
         prompt: the text, or a Settings (from ``sdlab.read_settings``, a Studio, a past ``run.settings``),
@@ -276,14 +276,34 @@ class Lab:
                        prompt_syntax: str = DEFAULT, emphasis: str = DEFAULT, clip_skip: int = DEFAULT,
                        preview: str | None = DEFAULT, preview_target: str = DEFAULT,
                        preview_channels: bool = DEFAULT, on_step=DEFAULT, record: bool = DEFAULT,
-                       record_dtype: torch.dtype = DEFAULT, taesd=DEFAULT, scheduler=None, on_done=None,
-                       **aliases) -> "Job":
+                       record_dtype: torch.dtype = DEFAULT, taesd=DEFAULT, attention: bool = DEFAULT, scheduler=None,
+                       on_done=None, **aliases) -> "Job":
         """Like generate (the same arguments), in a worker thread; returns a Job at once (job.stop(),
         job.wait(), job.run). ``on_done(job)`` is called in the worker when the run has ended."""
         given = _given(locals(), aliases)
         from .generation import generate_async
 
         return generate_async(self, prompt, **given)
+
+    def word_influence(self, run, words, steps=None):
+        """What each word of the prompt does at each step: for the sample a run held entering each step, the
+        change in the x0 prediction when the word is taken out of the prompt (``sdlab.attention.word_influence``;
+        one extra denoiser call per word and step). ``run``: a run of this model with its records (or Settings:
+        they are run first); ``steps``: user steps (default: six across the run). Returns an ``Influence``
+        (``.map(word, step)``, ``.total(word)``); ``plots.influence_grid`` shows it."""
+        from .attention import word_influence
+        from .records import Run
+        from .settings import Settings
+
+        if isinstance(run, Settings):
+            run = self.generate(run, record_dtype=torch.float32)
+        if not isinstance(run, Run):
+            raise WrongType(f"run must be a Run of this model (or Settings), not {type(run).__name__}.",
+                            argument="run")
+        if steps is None:  # six steps spread over the run, the first and the last included
+            n = run.settings.steps
+            steps = sorted({int(round(1 + i * (n - 1) / 5)) for i in range(6)}) if n > 1 else [1]
+        return word_influence(self, run, words, steps)
 
     def generator(self, seed: int) -> torch.Generator:
         """A CPU generator: the same seed gives the same initial noise on every device."""

@@ -525,3 +525,81 @@ def animate_run(run: Run, path, *, target: str = "x0", fps: int = 6, size: int =
         even = [np.asarray(f.resize((max(16, f.width // 16 * 16), max(16, f.height // 16 * 16)))) for f in frames]
         imageio.mimwrite(path, even, fps=fps, codec="libx264", quality=8, macro_block_size=16)
     return Animation(path)
+
+
+def _overlay(ax, picture: np.ndarray | None, heat: np.ndarray, alpha: float = 0.55):
+    """A word's map over a picture: the picture in grey, the map in a warm colour scale on top."""
+    h, w = heat.shape
+    if picture is not None:
+        grey = picture.astype(np.float64).mean(-1) / 255.0
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=1, extent=(0, w, h, 0), interpolation="nearest")
+    return ax.imshow(heat, cmap="inferno", alpha=alpha if picture is not None else 1.0, vmin=0,
+                     vmax=max(float(heat.max()), 1e-12), extent=(0, w, h, 0), interpolation="bilinear")
+
+
+def _word_grid(rows: list[str], cols: list[int], cell_map, pictures, title: str, col_title, cell: float) -> Drawn:
+    fig = Figure(figsize=(cell * len(cols) + 1.2, cell * len(rows) + 0.6), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(rows), len(cols), squeeze=False))
+    images = [[None] * len(cols) for _ in rows]
+    for i, word in enumerate(rows):
+        for j, k in enumerate(cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            images[i][j] = _overlay(ax, pictures.get(k), cell_map(word, k))
+            if i == 0:
+                ax.set_title(col_title(k), fontsize="small")
+            if j == 0:
+                ax.set_ylabel(word, fontsize="medium")
+    fig.suptitle(title)
+    return Drawn(fig, list(axes.ravel()), {"images": images, "words": rows, "steps": cols})
+
+
+def _x0_pictures(run: Run, steps: Sequence[int]) -> dict[int, np.ndarray]:
+    per_step = last_record_per_step(run)
+    out = {}
+    for k in steps:
+        rec = per_step.get(k)
+        if rec is not None and rec.x0 is not None:
+            out[k] = approx_rgb(rec.view("x0"), run.family)
+    return out
+
+
+def attention_grid(run: Run, words: Sequence[str | int] | None = None, steps: Sequence[int] | int = 6, *,
+                   cell: float = 1.6) -> Drawn:
+    """Rows: words of the prompt; columns: steps; each cell where the word is attended to at that step (DAAM's
+    aggregate, ``run.attention.map``), over the step's x0 preview. The run must have recorded attention."""
+    run = _run(run)
+    if run.attention is None:
+        raise InvalidArgument("This run recorded no attention maps: generate with attention=True.", argument="run")
+    maps = run.attention
+    words = list(dict.fromkeys(maps.tokens)) if words is None else list(words)
+    if not words:
+        raise InvalidArgument("words is empty: name at least one word of the prompt.", argument="words")
+    for w in words:
+        maps._index(w)  # an unknown word is refused, naming the prompt's tokens
+    n = run.settings.steps
+    cols = pick_steps(n, checks.whole("steps", steps, low=1, high=checks.MAX_STEPS)) if isinstance(
+        checks._scalar(steps), int) and not checks.is_flag(steps) else checks.wholes("steps", steps, low=1, high=n)
+    return _word_grid([str(w) for w in words], cols, lambda w, k: maps.map(_as_word(w, maps), step=k),
+                      _x0_pictures(run, cols), "where each word is attended to (cross-attention, DAAM)",
+                      lambda k: f"step {k}", _cell(cell))
+
+
+def _as_word(w: str, maps):
+    return int(w) if w.isdigit() and w not in maps.tokens else w
+
+
+def influence_grid(influence, run: Run | None = None, *, cell: float = 1.6) -> Drawn:
+    """Rows: words; columns: the steps ``lab.word_influence`` looked at; each cell what taking the word out of
+    the prompt changes in the x0 prediction there (over the run's x0 preview when ``run`` is given), each
+    column titled with its noise level."""
+    from .attention import Influence
+
+    if not isinstance(influence, Influence):
+        raise WrongType(f"influence must be what lab.word_influence returns, not {type(influence).__name__}.",
+                        argument="influence")
+    pictures = _x0_pictures(_run(run), influence.steps) if run is not None else {}
+    return _word_grid(influence.words, influence.steps, influence.map, pictures,
+                      "what each word changes in the x0 prediction (word influence)",
+                      lambda k: f"step {k}, sigma {influence.sigmas[k]:.2g}", _cell(cell))

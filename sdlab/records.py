@@ -136,6 +136,7 @@ class Run:
     prompt_plan: Any = None
     prompt_chunks: int = 1
     padded_conds: bool = False  # the prompt and the negative prompt took different chunk counts (padded to one)
+    attention: Any = None  # sdlab.attention.AttentionMaps when the run recorded them (attention=True)
 
     @property
     def steps(self) -> list[StepRecord]:

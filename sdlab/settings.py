@@ -96,6 +96,7 @@ class RunOptions:
     record: bool = True  # keep the per-step tensors (latents, x0, both noise predictions)
     record_dtype: torch.dtype = torch.float16  # float16 keeps them small; float32 for checks by hand
     taesd: Any = None  # a local folder for TAESD's weights (preview="taesd")
+    attention: bool = False  # record cross-attention maps per step (run.attention; sdlab.attention)
 
 
 OPTION_NAMES = frozenset(f.name for f in fields(RunOptions))

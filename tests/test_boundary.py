@@ -118,7 +118,7 @@ CALLS = [
                         negative_prompt="", batch_size=1, eta=None, preview=None, preview_target="x0",
                         record=True, record_dtype=torch.float16, on_step=None, stop=None, scheduler=None,
                         schedule_params={}, queue=False, prompt_syntax="auto", emphasis="original", clip_skip=1,
-                        **SMALL)),
+                        attention=False, **SMALL)),
     Call("sdlab.generate (A1111 prompt syntax)", lambda w, **k: sdlab.generate(**k),
          lambda w: dict(lab=w.lab, prompt="a (red:1.2) [circle:square:0.5]", negative_prompt="[dark|dim]",
                         prompt_syntax="a1111", emphasis="no_norm", clip_skip=2, **SMALL)),

@@ -1,0 +1,210 @@
+"""Cross-attention maps per step: where in the picture each prompt token is attended to (work in progress
+for issue 22: the core recording and its record; the views, word influence and notebook 07 come next).
+
+The maps are DAAM's (Tang et al., ACL 2023, "What the DAAM: Interpreting Stable Diffusion Using Cross
+Attention"): for every cross-attention layer of the UNet, the attention probabilities softmax(q k^T / sqrt(d))
+each latent position gives each text token, summed over the heads, upsampled (bicubic) to the latent grid and
+summed over the layers. sdlab keeps them per UNet call, for the conditional half of a CFG batch, divided by
+the number of heads and layers (so each is a mean attention probability in [0, 1]), float16, at latent
+resolution, for the prompt's own tokens only (not start, end or padding).
+
+They are read by forward pre-hooks on the layers (``attn2`` of diffusers' transformer blocks): a hook recomputes
+q and k from the layer's inputs and computes the probabilities beside the layer, which runs as it always
+does, so a recorded run's image is bit-identical to one without recording.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InvalidArgument
+
+
+def cross_attention_layers(unet) -> list:
+    """The UNet's cross-attention modules (diffusers' ``Attention`` with ``is_cross_attention``)."""
+    return [m for name, m in unet.named_modules() if name.endswith("attn2") and getattr(m, "is_cross_attention", False)]
+
+
+@dataclass
+class AttentionMaps:
+    """The recorded maps of a run: ``tokens`` (the prompt's words as the tokenizer split them), ``positions``
+    (their places in the encoder's sequence) and ``steps``: per UNet call, a (batch, tokens, h, w) float16 map."""
+
+    tokens: list[str]
+    positions: list[int]
+    calls: list[torch.Tensor] = field(default_factory=list)
+    step_of_call: list[int] = field(default_factory=list)
+
+    def _index(self, word) -> list[int]:
+        if isinstance(word, int) and not isinstance(word, bool):
+            if not 0 <= word < len(self.tokens):
+                raise InvalidArgument(f"word={word} is out of range: the prompt has {len(self.tokens)} tokens.",
+                                      argument="word")
+            return [word]
+        if not isinstance(word, str):
+            raise InvalidArgument(f"word must be a word of the prompt or a token index, not {word!r:.40}.",
+                                  argument="word")
+        hits = [i for i, t in enumerate(self.tokens) if t == word.strip().lower()]
+        if not hits:
+            raise InvalidArgument(f"{word!r} is not a token of the prompt; its tokens are {self.tokens}.",
+                                  argument="word")
+        return hits
+
+    def map(self, word, step=None, image: int = 0) -> np.ndarray:
+        """An H x W map (latent resolution) of where ``word`` (a word, or a token index) is attended to: at one
+        user step, a range of steps (``range(5, 10)``), or the whole run (None); non-negative, its maximum 1."""
+        rows = self._index(word)
+        if step is None:
+            picks = list(range(len(self.calls)))
+        else:
+            wanted = set(step) if hasattr(step, "__iter__") else {step}
+            picks = [i for i, s in enumerate(self.step_of_call) if s in wanted]
+            if not picks:
+                raise InvalidArgument(f"step={step!r}: no recorded call belongs to it.", argument="step")
+        total = sum(self.calls[i][image, rows].float().sum(0) for i in picks)
+        peak = float(total.max())
+        return (total / peak if peak > 0 else total).numpy()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.calls)
+
+
+class AttentionRecorder:
+    """Installs the read-only hooks for one run and turns what they see into one map per UNet call."""
+
+    def __init__(self, unet, positions: list[int], height: int, width: int, cfg: bool):
+        self.layers = cross_attention_layers(unet)
+        self.positions = torch.as_tensor(positions, dtype=torch.long)
+        self.h, self.w, self.cfg = height, width, cfg
+        self._sum: torch.Tensor | None = None
+        self._count = 0
+        self._handles: list = []
+
+    def __enter__(self):
+        self._handles = [layer.register_forward_pre_hook(self._hook, with_kwargs=True) for layer in self.layers]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+
+    def _hook(self, attn, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        context = kwargs.get("encoder_hidden_states")
+        if context is None or hidden.dim() != 3:
+            return
+        q = attn.head_to_batch_dim(attn.to_q(hidden))
+        k = attn.head_to_batch_dim(attn.to_k(context))
+        probs = attn.get_attention_scores(q, k, None)  # (batch x heads, HW, T)
+        heads = attn.heads
+        b2, hw, _ = probs.shape
+        probs = probs.view(b2 // heads, heads, hw, -1)
+        if self.cfg:  # the pipeline puts the unconditional half first
+            probs = probs[probs.shape[0] // 2:]
+        per = probs.sum(1)[..., self.positions.to(probs.device)]  # (B, HW, tokens)
+        f = int(round((self.h * self.w / hw) ** 0.5))
+        grid = per.transpose(1, 2).reshape(per.shape[0], -1, self.h // f, self.w // f).float()
+        up = F.interpolate(grid, size=(self.h, self.w), mode="bicubic", align_corners=False).clamp_min(0)
+        self._sum = up if self._sum is None else self._sum + up
+        self._count += heads
+
+    def take(self) -> torch.Tensor | None:
+        """The mean attention map of the call that just ended (B, tokens, h, w), float16 on the CPU."""
+        if self._sum is None:
+            return None
+        out = (self._sum / self._count).to(torch.float16).cpu()
+        self._sum, self._count = None, 0
+        return out
+
+
+def prompt_tokens(tokenizer, ids: list[int]) -> tuple[list[str], list[int]]:
+    """The prompt's own tokens of an encoder sequence (start, end and padding left out): words and positions."""
+    specials = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    words, positions = [], []
+    for i, t in enumerate(ids):
+        if t in specials:
+            continue
+        words.append(tokenizer.convert_ids_to_tokens(int(t)).replace("</w>", "").lower())
+        positions.append(i)
+    return words, positions
+
+
+# --- word influence: what removing a word changes in the x0 prediction ------------------------------------
+def without_word(prompt: str, word: str) -> str:
+    """The prompt with every whole-word occurrence of ``word`` taken out (case-insensitive)."""
+    import re
+
+    return re.sub(rf"(?i)(?<!\w){re.escape(word)}(?!\w)", "", prompt)
+
+
+@dataclass
+class Influence:
+    """Word influence maps of a run: ``maps[word][step]`` an (h, w) array, the change |x0(prompt) -
+    x0(prompt without the word)| summed over the latent channels, for the sample entering that step."""
+
+    words: list[str]
+    steps: list[int]
+    sigmas: dict[int, float]
+    maps: dict[str, dict[int, np.ndarray]]
+
+    def map(self, word: str, step: int) -> np.ndarray:
+        if word not in self.maps:
+            raise InvalidArgument(f"word={word!r}: the influence was computed for {self.words}.", argument="word")
+        if step not in self.maps[word]:
+            raise InvalidArgument(f"step={step!r}: the influence was computed at steps {self.steps}.", argument="step")
+        return self.maps[word][step]
+
+    def total(self, word: str) -> dict[int, float]:
+        """The whole map's mass at each step: how much the word still changes the prediction there."""
+        return {k: float(self.map(word, k).sum()) for k in self.steps}
+
+
+def sample_entering(run, lab, step: int) -> tuple[torch.Tensor, float]:
+    """(x in k-diffusion's variance-exploding form, sigma) of the sample the sampler held entering ``step``."""
+    from . import conventions as C
+    from .generation import initial_noise
+
+    plan = run.plan
+    sigma = float(plan.sigmas[step - 1])
+    if step == 1:
+        x_vp = initial_noise(lab, run.settings).float().cpu()  # unit noise: VP x_T at sigma_max is noise itself
+        return C.vp_to_ve(x_vp.double(), sigma).float(), sigma
+    before = [r for r in run.records if r.step == step - 1]
+    if not before or before[-1].latents is None:
+        raise InvalidArgument(f"The run kept no sample for step {step} (record=False?); generate with record=True.",
+                              argument="run")
+    rec = before[-1]
+    x_vp = rec.view("xt")
+    return C.vp_to_ve(x_vp.double(), sigma).float(), sigma
+
+
+def word_influence(lab, run, words, steps) -> Influence:
+    """Word influence of ``words`` at ``steps`` (user steps, 1-based) of ``run``: one denoiser call with the
+    prompt and one without each word, on the sample the run held entering the step (``sdlab.Denoiser``, the
+    run's guidance scale and negative prompt). On the teaching model the denoiser is exact, so the map is
+    what the word does; on Stable Diffusion it is the counterfactual an attention map only suggests."""
+    from . import checks
+    from .denoiser import Denoiser
+
+    words = [checks.text("words", w) for w in ([words] if isinstance(words, str) else list(words))]
+    if not words:
+        raise InvalidArgument("words is empty: name at least one word of the prompt.", argument="words")
+    total = run.settings.steps
+    steps = checks.wholes("steps", [steps] if isinstance(steps, int) else list(steps), low=1, high=total,
+                          hint=f" The run has {total} steps.")
+    s = run.settings
+    base = Denoiser(lab, s.prompt, s.negative_prompt, s.cfg)
+    without = {w: Denoiser(lab, without_word(s.prompt, w), s.negative_prompt, s.cfg) for w in words}
+    maps: dict[str, dict[int, np.ndarray]] = {w: {} for w in words}
+    sigmas = {}
+    for k in steps:
+        x, sigma = sample_entering(run, lab, k)
+        sigmas[k] = sigma
+        x0 = base(x, sigma)
+        for w in words:
+            maps[w][k] = (x0 - without[w](x, sigma)).abs().sum(1)[0].float().numpy()
+    return Influence(words=words, steps=list(steps), sigmas=sigmas, maps=maps)
