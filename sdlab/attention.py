@@ -1,6 +1,8 @@
 """Cross-attention maps per step: where in the picture each prompt token is attended to (work in progress
 for issue 22: the core recording and its record; the views, word influence and notebook 07 come next).
 
+Word influence, the counterfactual that needs no attention, lives in sdlab.influence.
+
 The maps are DAAM's (Tang et al., ACL 2023, "What the DAAM: Interpreting Stable Diffusion Using Cross
 Attention"): for every cross-attention layer of the UNet, the attention probabilities softmax(q k^T / sqrt(d))
 each latent position gives each text token, summed over the heads, upsampled (bicubic) to the latent grid and
@@ -131,80 +133,3 @@ def prompt_tokens(tokenizer, ids: list[int]) -> tuple[list[str], list[int]]:
         words.append(tokenizer.convert_ids_to_tokens(int(t)).replace("</w>", "").lower())
         positions.append(i)
     return words, positions
-
-
-# --- word influence: what removing a word changes in the x0 prediction ------------------------------------
-def without_word(prompt: str, word: str) -> str:
-    """The prompt with every whole-word occurrence of ``word`` taken out (case-insensitive)."""
-    import re
-
-    return re.sub(rf"(?i)(?<!\w){re.escape(word)}(?!\w)", "", prompt)
-
-
-@dataclass
-class Influence:
-    """Word influence maps of a run: ``maps[word][step]`` an (h, w) array, the change |x0(prompt) -
-    x0(prompt without the word)| summed over the latent channels, for the sample entering that step."""
-
-    words: list[str]
-    steps: list[int]
-    sigmas: dict[int, float]
-    maps: dict[str, dict[int, np.ndarray]]
-
-    def map(self, word: str, step: int) -> np.ndarray:
-        if word not in self.maps:
-            raise InvalidArgument(f"word={word!r}: the influence was computed for {self.words}.", argument="word")
-        if step not in self.maps[word]:
-            raise InvalidArgument(f"step={step!r}: the influence was computed at steps {self.steps}.", argument="step")
-        return self.maps[word][step]
-
-    def total(self, word: str) -> dict[int, float]:
-        """The whole map's mass at each step: how much the word still changes the prediction there."""
-        return {k: float(self.map(word, k).sum()) for k in self.steps}
-
-
-def sample_entering(run, lab, step: int) -> tuple[torch.Tensor, float]:
-    """(x in k-diffusion's variance-exploding form, sigma) of the sample the sampler held entering ``step``."""
-    from . import conventions as C
-    from .generation import initial_noise
-
-    plan = run.plan
-    sigma = float(plan.sigmas[step - 1])
-    if step == 1:
-        x_vp = initial_noise(lab, run.settings).float().cpu()  # unit noise: VP x_T at sigma_max is noise itself
-        return C.vp_to_ve(x_vp.double(), sigma).float(), sigma
-    before = [r for r in run.records if r.step == step - 1]
-    if not before or before[-1].latents is None:
-        raise InvalidArgument(f"The run kept no sample for step {step} (record=False?); generate with record=True.",
-                              argument="run")
-    rec = before[-1]
-    x_vp = rec.view("xt")
-    return C.vp_to_ve(x_vp.double(), sigma).float(), sigma
-
-
-def word_influence(lab, run, words, steps) -> Influence:
-    """Word influence of ``words`` at ``steps`` (user steps, 1-based) of ``run``: one denoiser call with the
-    prompt and one without each word, on the sample the run held entering the step (``sdlab.Denoiser``, the
-    run's guidance scale and negative prompt). On the teaching model the denoiser is exact, so the map is
-    what the word does; on Stable Diffusion it is the counterfactual an attention map only suggests."""
-    from . import checks
-    from .denoiser import Denoiser
-
-    words = [checks.text("words", w) for w in ([words] if isinstance(words, str) else list(words))]
-    if not words:
-        raise InvalidArgument("words is empty: name at least one word of the prompt.", argument="words")
-    total = run.settings.steps
-    steps = checks.wholes("steps", [steps] if isinstance(steps, int) else list(steps), low=1, high=total,
-                          hint=f" The run has {total} steps.")
-    s = run.settings
-    base = Denoiser(lab, s.prompt, s.negative_prompt, s.cfg)
-    without = {w: Denoiser(lab, without_word(s.prompt, w), s.negative_prompt, s.cfg) for w in words}
-    maps: dict[str, dict[int, np.ndarray]] = {w: {} for w in words}
-    sigmas = {}
-    for k in steps:
-        x, sigma = sample_entering(run, lab, k)
-        sigmas[k] = sigma
-        x0 = base(x, sigma)
-        for w in words:
-            maps[w][k] = (x0 - without[w](x, sigma)).abs().sum(1)[0].float().numpy()
-    return Influence(words=words, steps=list(steps), sigmas=sigmas, maps=maps)

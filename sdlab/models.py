@@ -291,7 +291,7 @@ class Lab:
         one extra denoiser call per word and step). ``run``: a run of this model with its records (or Settings:
         they are run first); ``steps``: user steps (default: six across the run). Returns an ``Influence``
         (``.map(word, step)``, ``.total(word)``); ``plots.influence_grid`` shows it."""
-        from .attention import word_influence
+        from .influence import word_influence
         from .records import Run
         from .settings import Settings
 

@@ -573,11 +573,19 @@ def attention_grid(run: Run, words: Sequence[str | int] | None = None, steps: Se
     if run.attention is None:
         raise InvalidArgument("This run recorded no attention maps: generate with attention=True.", argument="run")
     maps = run.attention
-    words = list(dict.fromkeys(maps.tokens)) if words is None else list(words)
-    if not words:
-        raise InvalidArgument("words is empty: name at least one word of the prompt.", argument="words")
-    for w in words:
-        maps._index(w)  # an unknown word is refused, naming the prompt's tokens
+    if words is None:
+        words = list(dict.fromkeys(maps.tokens))
+    else:
+        if isinstance(words, (str, int)) and not isinstance(words, bool):
+            words = [words]
+        if not isinstance(words, (list, tuple)) or not words:
+            raise WrongType(f"words must be a list of the prompt's words (or token indices), not {words!r:.40}.",
+                            argument="words")
+        for w in words:
+            try:
+                maps._index(w)  # an unknown word is refused, naming the prompt's tokens
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"words: {exc}", argument="words") from None
     n = run.settings.steps
     cols = pick_steps(n, checks.whole("steps", steps, low=1, high=checks.MAX_STEPS)) if isinstance(
         checks._scalar(steps), int) and not checks.is_flag(steps) else checks.wholes("steps", steps, low=1, high=n)
@@ -594,7 +602,7 @@ def influence_grid(influence, run: Run | None = None, *, cell: float = 1.6) -> D
     """Rows: words; columns: the steps ``lab.word_influence`` looked at; each cell what taking the word out of
     the prompt changes in the x0 prediction there (over the run's x0 preview when ``run`` is given), each
     column titled with its noise level."""
-    from .attention import Influence
+    from .influence import Influence
 
     if not isinstance(influence, Influence):
         raise WrongType(f"influence must be what lab.word_influence returns, not {type(influence).__name__}.",

@@ -49,3 +49,55 @@ def test_sdxl_and_long_prompts_map_every_token():
 def test_the_teaching_model_has_no_attention_to_record(toy):
     with pytest.raises(sdlab.NotSupported, match="no cross-attention"):
         toy.generate("a red circle", attention=True, steps=2, width=64, height=64)
+
+
+# --- word influence ------------------------------------------------------------------------------
+@pytest.fixture
+def toy_run(toy):
+    import torch
+
+    return toy.generate("a red circle at the top left zebra", sampler="Euler", steps=12, seed=1, width=128,
+                        height=128, record_dtype=torch.float32)
+
+
+def test_a_word_the_model_ignores_has_no_influence(toy, toy_run):
+    got = toy.word_influence(toy_run, ["zebra", "blue"], steps=[1, 5, 9])  # unknown, and not in the prompt
+    for w in ("zebra", "blue"):
+        assert all(float(got.map(w, k).sum()) == 0.0 for k in got.steps), w
+
+
+def test_a_colour_words_influence_lies_on_the_pictures_shape(toy, toy_run):
+    """For "a red circle at the top left", at least half of red's influence map lies in the shape's region of
+    the picture the run draws (the dataset knows where its shapes are)."""
+    ds = sdlab.toy.dataset(128, 128)
+    a = ds.attributes[ds.nearest(toy_run.final_latents[0])[0]]
+    assert (a["colour"], a["shape"], a["column"], a["row"]) == ("red", "circle", "left", "top")
+    inside = sdlab.toy.data.shape_mask(a["shape"], a["column"], a["row"], a["size"], 16, 16) > 0
+    got = toy.word_influence(toy_run, ["red", "circle"], steps=[3, 5, 7, 12])
+    for k in (3, 5, 7):
+        m = got.map("red", k)
+        assert m.min() >= 0 and m[inside].sum() >= 0.5 * m.sum(), k
+    # words stop mattering once the picture is decided
+    totals = got.total("red")
+    assert totals[12] < 0.01 * totals[3]
+
+
+def test_influence_needs_the_runs_samples_and_names_what_is_wrong(toy):
+    run = toy.generate("a red circle", steps=4, seed=1, width=64, height=64, record=False)
+    with pytest.raises(sdlab.InvalidArgument, match="record=True"):
+        toy.word_influence(run, ["red"], steps=[2])
+    run = toy.generate("a red circle", steps=4, seed=1, width=64, height=64)
+    with pytest.raises(sdlab.SdlabError) as err:
+        toy.word_influence(run, ["red"], steps=[9])
+    assert err.value.argument == "steps"
+
+
+def test_the_viewer_lays_a_words_map_over_the_step(lab):
+    run = lab.generate("a red circle", attention=True, **SMALL)
+    viewer = sdlab.StepViewer(run)
+    assert viewer.word.layout.display == "" and len(viewer.word.options) == 1 + len(run.attention.tokens)
+    viewer.slider.value = 2
+    plain = viewer.panel.image.value
+    viewer.word.value = 4
+    assert viewer.panel.image.value != plain and "attention at this call:" in viewer.info.value
+    assert sdlab.StepViewer(lab.generate("a red circle", **SMALL)).word.layout.display == "none"

@@ -125,6 +125,15 @@ class Studio(W.VBox):
         self.target.value = preview_target
         if preview != "off":
             self.preview.value = preview  # (a TAESD that is not on this disk is said in the viewer, and refused)
+        self.attention = W.Checkbox(value=False, description="record attention", indent=False,
+                                    layout=W.Layout(width=px(170)),
+                                    tooltip="Keep each step's cross-attention maps: the Word picker shows them")
+        from ..attention import cross_attention_layers
+
+        if not cross_attention_layers(lab.pipe.unet):  # the teaching model: its denoiser has no attention
+            self.attention.disabled = True
+            self.attention.tooltip = ("This model has no cross-attention to record; lab.word_influence(run, words) "
+                                      "shows what each word does")
         self.live = W.Checkbox(value=preview != "off", description="live preview", indent=False,
                                layout=W.Layout(width=px(140)),
                                tooltip="Show frames during the run (through the decoder below); off: only the end")
@@ -168,7 +177,8 @@ class Studio(W.VBox):
             W.HBox([self.cfg, self.width, self.height], layout=W.Layout(**row)),
             W.HBox([self.seed_mode, self.seed, self.seed_used, self.reuse], layout=W.Layout(**row)),
             W.HBox([self.rng, self.subseed, self.subseed_strength], layout=W.Layout(**row)),
-            W.HBox([self.generate_button, self.stop_button, self.live, self.progress], layout=W.Layout(**row)),
+            W.HBox([self.generate_button, self.stop_button, self.live, self.attention, self.progress],
+                   layout=W.Layout(**row)),
             self.summary, self.error, self.notes, self.viewer,
             W.HTML("<b>History</b> (this session)"), self.history_box,
             W.HBox([self.save_dir, self.save_button, self.save_status], layout=W.Layout(**row)),
@@ -295,6 +305,7 @@ class Studio(W.VBox):
         try:
             self.job = self.lab.generate_async(prepared, preview=preview, preview_target=self.target.value,
                                                preview_channels=True, on_step=self._on_step,
+                                               attention=bool(self.attention.value and not self.attention.disabled),
                                                on_done=lambda job: self._on_done(job, ticket))
         except Exception as exc:  # refused (another run on this model, out of memory): nothing started
             self._ticket += 1  # (no on_done will come for this one)
@@ -330,6 +341,7 @@ class Studio(W.VBox):
         if not self._announced:  # what the core said before the first step (plan notes, unknown words)
             self._announced = True
             self._say_problems(event.run)
+            self.viewer.set_words(event.run)  # the word picker: this run's tokens
         if event.preview is not None:
             self._pending = event
         now = time.perf_counter()
@@ -339,7 +351,12 @@ class Studio(W.VBox):
     def _flush(self, now: float | None = None) -> None:
         event, self._pending = self._pending, None
         if event is not None:
-            self.viewer.panel.show(event.preview, event.channels)
+            preview, word, maps = event.preview, self.viewer.word.value, event.run.attention
+            if word >= 0 and maps is not None and event.record.index < len(maps.calls):  # the word's map, live
+                from .viewer import overlay
+
+                preview = overlay(preview, maps.calls[event.record.index][0, word].float().numpy())
+            self.viewer.panel.show(preview, event.channels)
         if self._latest is not None:
             self.progress.value = _progress(self._latest, time.perf_counter() - self._t_start)
         self._last_frame = now or time.perf_counter()

@@ -130,7 +130,12 @@ class StepViewer(W.VBox):
         self.slider.observe(lambda _: self._render(), names="value")
         self.target.observe(lambda _: self._render(), names="value")
         self.decoder.observe(self._on_decoder, names="value")
-        self.controls = W.HBox([self.play, self.slider, self.target, self.decoder],
+        # a word of the prompt whose cross-attention map is laid over the picture (runs with attention=True)
+        self.word = W.Dropdown(options=[("(none)", -1)], value=-1, description="Word", style={"description_width": "initial"},
+                               layout=W.Layout(width=look.px(200), display="none"),
+                               tooltip="Show where this word is attended to at the step shown")
+        self.word.observe(lambda _: self._render(), names="value")
+        self.controls = W.HBox([self.play, self.slider, self.target, self.decoder, self.word],
                                layout=W.Layout(flex_flow="row wrap", align_items="center"))
         super().__init__([look.style(), self.controls, self.info, self.note, self.panel])
         look.apply(self)
@@ -168,7 +173,20 @@ class StepViewer(W.VBox):
         self.panel.clear()
         self.info.value = "<i>generating...</i>"
 
+    def set_words(self, run: Run | None) -> None:
+        """The word picker's choices: the tokens of a run that recorded attention (hidden otherwise)."""
+        maps = getattr(run, "attention", None)
+        tokens = [] if maps is None else maps.tokens
+        options = [("(none)", -1)] + [(f"{i}: {t}", i) for i, t in enumerate(tokens)]
+        if [o[1] for o in self.word.options] != [o[1] for o in options] or \
+                [o[0] for o in self.word.options] != [o[0] for o in options]:
+            keep = self.word.value if self.word.value < len(tokens) else -1
+            self.word.options = options
+            self.word.value = keep
+        self.word.layout.display = "" if tokens else "none"
+
     def show_run(self, run: Run) -> None:
+        self.set_words(run)
         self.run = _check_run(run)
         self.slider.disabled = self.play.disabled = False
         n = max(len(run.records), 1)
@@ -197,13 +215,44 @@ class StepViewer(W.VBox):
             self.panel.clear()
             self.info.value = "<i>this run kept no tensors (record=False)</i>"
             return
+        word = self.word.value
+        if word >= 0 and run.attention is not None and index < len(run.attention.calls):
+            rgb = overlay(rgb, run.attention.calls[index][0, word].float().numpy())
         self.panel.show(rgb, channels)
         sigma = "n/a" if rec.sigma is None else f"{rec.sigma:.4f}"
         shown = ("<b>the run's picture</b> (the pipeline's decode of its final latents)" if final else
                  f"{_TARGET_NAMES[self.target.value]} through {html.escape(_DECODER_NAMES[self.decoder.value])}")
         self.info.value = (f"step {rec.step}/{rec.total_steps} &middot; call {rec.index + 1}/{len(run.records)} &middot; "
                            f"timestep {rec.timestep:.1f} &middot; sigma {sigma} &middot; NFE {rec.nfe} &middot; {shown}"
-                           f"{prompt_line(run, index)}")
+                           f"{prompt_line(run, index)}{attention_line(run, index)}")
+
+
+def overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """A map laid over a picture: the map (scaled to its maximum) in a black-red-yellow-white scale, blended in
+    where it is high; the map is resized to the picture (bilinear)."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    peak = float(heat.max())
+    m = heat / peak if peak > 0 else heat
+    m = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR), dtype=np.float64) / 255
+    hot = np.stack([np.clip(3 * m, 0, 1), np.clip(3 * m - 1, 0, 1), np.clip(3 * m - 2, 0, 1)], -1) * 255
+    a = (alpha * m)[..., None]
+    return (rgb.astype(np.float64) * (1 - a) + hot * a).astype(np.uint8)
+
+
+def attention_line(run: Run, index: int, top: int = 6) -> str:
+    """Each word's share of the prompt's attention at one call (the largest first), for runs that recorded it."""
+    maps = getattr(run, "attention", None)
+    if maps is None or index >= len(maps.calls) or not maps.tokens:
+        return ""
+    sums = maps.calls[index][0].float().sum(dim=(1, 2)).numpy()
+    total = float(sums.sum())
+    if total <= 0:
+        return ""
+    order = np.argsort(-sums)[:top]
+    shares = ", ".join(f"{html.escape(maps.tokens[i])} {sums[i] / total:.0%}" for i in order)
+    return f"<br>attention at this call: {shares}"
 
 
 def prompt_line(run: Run, index: int) -> str:
