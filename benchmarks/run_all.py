@@ -125,6 +125,24 @@ def overhead(lab, label: str, steps: int, size: int, repeat: int, goals: dict[st
         ratio <= goals["vae"])
 
 
+# --- 1b: what recording attention costs ------------------------------------------------------------------
+def attention_cost(lab, label: str, steps: int, size: int, repeat: int, goal: float = 1.15) -> None:
+    """A run recording cross-attention maps against the same run without, and the maps' memory (issue 22)."""
+    lab.pipe.set_progress_bar_config(disable=True)
+    common = dict(steps=steps, seed=0, width=size, height=size, sampler="DPM++ 2M", record=False)
+    prompt = "a lighthouse on a cliff at dusk, oil painting"
+    t = interleaved({"without": lambda: lab.generate(prompt, **common),
+                     "with": lambda: lab.generate(prompt, attention=True, **common)}, repeat)
+    ratio = t["with"] / t["without"]
+    run = lab.generate(prompt, attention=True, **common)
+    per_call = run.attention.nbytes / len(run.attention.calls)
+    tokens = len(run.attention.tokens)
+    at_512 = per_call * (64 * 64) / ((size // 8) ** 2) * 50  # the same prompt, 64 x 64 latents, 50 calls
+    row(f"1b. attention maps recorded vs not [{label}]",
+        f"{ratio:.3f}x; maps {per_call / 1024:.0f} KiB a call for {tokens} tokens, {at_512 / 2 ** 20:.1f} MiB for "
+        f"50 steps at 512 px", f"<= {goal:.2f}x", ratio <= goal)
+
+
 # --- 3: residency ---------------------------------------------------------------------------------------
 def residency(folder: Path, repeat: int) -> None:
     sdlab.unload()
@@ -339,6 +357,7 @@ def main() -> None:
                   f"latents; 128 px in the sweep), CPU float32; 'tiny' = the tests' model; 'toy' = the teaching model.")
         print(models)
         overhead(mid, "mid, CPU, 256 px, 24 steps", 24, 256, repeat, {"approx": 1.05, "vae": 1.10})
+        attention_cost(mid, "mid, CPU, 256 px, 24 steps", 24, 256, repeat)
         if torch.cuda.is_available() and args.gpu:
             gpu_rows(Path(tmp), repeat)
         else:

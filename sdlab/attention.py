@@ -37,6 +37,7 @@ class AttentionMaps:
 
     tokens: list[str]
     positions: list[int]
+    weights: list[float] = field(default_factory=list)  # each token's A1111 emphasis weight (1 for plain text)
     calls: list[torch.Tensor] = field(default_factory=list)
     step_of_call: list[int] = field(default_factory=list)
 
@@ -70,6 +71,10 @@ class AttentionMaps:
         peak = float(total.max())
         return (total / peak if peak > 0 else total).numpy()
 
+    def labels(self) -> list[str]:
+        """The tokens as A1111 writes weighted words: ``(red:1.5)`` where the prompt gave a weight."""
+        return [t if w == 1 else f"({t}:{w:.3g})" for t, w in zip(self.tokens, self.weights or [1.0] * len(self.tokens))]
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.calls)
@@ -99,14 +104,14 @@ class AttentionRecorder:
         context = kwargs.get("encoder_hidden_states")
         if context is None or hidden.dim() != 3:
             return
+        if self.cfg:  # the pipeline puts the unconditional half first: only the prompt's half is looked at
+            hidden, context = hidden[len(hidden) // 2:], context[len(context) // 2:]
         q = attn.head_to_batch_dim(attn.to_q(hidden))
         k = attn.head_to_batch_dim(attn.to_k(context))
         probs = attn.get_attention_scores(q, k, None)  # (batch x heads, HW, T)
         heads = attn.heads
-        b2, hw, _ = probs.shape
-        probs = probs.view(b2 // heads, heads, hw, -1)
-        if self.cfg:  # the pipeline puts the unconditional half first
-            probs = probs[probs.shape[0] // 2:]
+        b, hw, _ = probs.shape
+        probs = probs.view(b // heads, heads, hw, -1)
         per = probs.sum(1)[..., self.positions.to(probs.device)]  # (B, HW, tokens)
         f = int(round((self.h * self.w / hw) ** 0.5))
         grid = per.transpose(1, 2).reshape(per.shape[0], -1, self.h // f, self.w // f).float()
@@ -123,13 +128,15 @@ class AttentionRecorder:
         return out
 
 
-def prompt_tokens(tokenizer, ids: list[int]) -> tuple[list[str], list[int]]:
-    """The prompt's own tokens of an encoder sequence (start, end and padding left out): words and positions."""
+def prompt_tokens(tokenizer, ids: list[int], weights: list[float] | None = None):
+    """The prompt's own tokens of an encoder sequence (start, end and padding left out): words, positions and
+    their weights."""
     specials = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
-    words, positions = [], []
+    words, positions, kept = [], [], []
     for i, t in enumerate(ids):
         if t in specials:
             continue
         words.append(tokenizer.convert_ids_to_tokens(int(t)).replace("</w>", "").lower())
         positions.append(i)
-    return words, positions
+        kept.append(1.0 if weights is None else float(weights[i]))
+    return words, positions, kept

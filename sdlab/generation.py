@@ -747,13 +747,17 @@ def _attention_recorder(lab, run: Run, settings: Settings, options: RunOptions, 
     if encoded is not None:  # the prompt's own tokens across its chunks (the first text of an edited prompt)
         from .prompt_encoding import chunks, _pieces
 
-        ids = [i for c in chunks(pipe.tokenizer, _pieces(encoded.plan.prompt[0][1], encoded.plan.emphasis)) for i in c.ids]
-        ids += [pipe.tokenizer.pad_token_id] * (encoded.prompt[0].embeds.shape[1] - len(ids))
+        cut = chunks(pipe.tokenizer, _pieces(encoded.plan.prompt[0][1], encoded.plan.emphasis))
+        ids = [i for c in cut for i in c.ids]
+        weights = [w for c in cut for w in c.weights]
+        pad = encoded.prompt[0].embeds.shape[1] - len(ids)
+        ids, weights = ids + [pipe.tokenizer.pad_token_id] * pad, weights + [1.0] * pad
     else:
         ids = pipe.tokenizer(settings.prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                              truncation=True).input_ids
-    words, positions = prompt_tokens(pipe.tokenizer, ids)
-    run.attention = AttentionMaps(tokens=words, positions=positions)
+        weights = None
+    words, positions, weights = prompt_tokens(pipe.tokenizer, ids, weights)
+    run.attention = AttentionMaps(tokens=words, positions=positions, weights=weights)
     f = pipe.vae_scale_factor
     return AttentionRecorder(pipe.unet, positions, settings.height // f, settings.width // f,
                              guidance_applies(pipe, settings.cfg))

@@ -94,14 +94,17 @@ def word_influence(lab, run, words, steps) -> Influence:
     words = word_list("words", words)
     steps = step_list("steps", steps, run.settings.steps)
     s = run.settings
-    base = Denoiser(lab, s.prompt, s.negative_prompt, s.cfg)
-    without = {w: Denoiser(lab, without_word(s.prompt, w), s.negative_prompt, s.cfg) for w in words}
+
+    def denoiser(prompt: str, k: int):  # the run's reading of its prompts, at step k (prompt editing included)
+        return Denoiser(lab, prompt, s.negative_prompt, s.cfg, emphasis=s.emphasis, clip_skip=s.clip_skip, step=k,
+                        steps=s.steps)
+
     maps: dict[str, dict[int, np.ndarray]] = {w: {} for w in words}
     sigmas = {}
     for k in steps:
         x, sigma = sample_entering(run, lab, k)
         sigmas[k] = sigma
-        x0 = base(x, sigma)
+        x0 = denoiser(s.prompt, k)(x, sigma)
         for w in words:
-            maps[w][k] = (x0 - without[w](x, sigma)).abs().sum(1)[0].float().numpy()
+            maps[w][k] = (x0 - denoiser(without_word(s.prompt, w), k)(x, sigma)).abs().sum(1)[0].float().numpy()
     return Influence(words=words, steps=list(steps), sigmas=sigmas, maps=maps)

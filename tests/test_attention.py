@@ -101,3 +101,8 @@ def test_the_viewer_lays_a_words_map_over_the_step(lab):
     viewer.word.value = 4
     assert viewer.panel.image.value != plain and "attention at this call:" in viewer.info.value
     assert sdlab.StepViewer(lab.generate("a red circle", **SMALL)).word.layout.display == "none"
+
+
+def test_weighted_words_carry_their_a1111_weight(lab):
+    run = lab.generate("a (b:1.5) c", attention=True, **SMALL)
+    assert run.attention.tokens == ["a", "b", "c"] and run.attention.labels() == ["a", "(b:1.5)", "c"]

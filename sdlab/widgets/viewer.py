@@ -176,7 +176,7 @@ class StepViewer(W.VBox):
     def set_words(self, run: Run | None) -> None:
         """The word picker's choices: the tokens of a run that recorded attention (hidden otherwise)."""
         maps = getattr(run, "attention", None)
-        tokens = [] if maps is None else maps.tokens
+        tokens = [] if maps is None else maps.labels()
         options = [("(none)", -1)] + [(f"{i}: {t}", i) for i, t in enumerate(tokens)]
         if [o[1] for o in self.word.options] != [o[1] for o in options] or \
                 [o[0] for o in self.word.options] != [o[0] for o in options]:
@@ -251,7 +251,8 @@ def attention_line(run: Run, index: int, top: int = 6) -> str:
     if total <= 0:
         return ""
     order = np.argsort(-sums)[:top]
-    shares = ", ".join(f"{html.escape(maps.tokens[i])} {sums[i] / total:.0%}" for i in order)
+    labels = maps.labels()
+    shares = ", ".join(f"{html.escape(labels[i])} {sums[i] / total:.0%}" for i in order)
     return f"<br>attention at this call: {shares}"
 
 
