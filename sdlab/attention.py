@@ -1,5 +1,4 @@
-"""Cross-attention maps per step: where in the picture each prompt token is attended to (work in progress
-for issue 22: the core recording and its record; the views, word influence and notebook 07 come next).
+"""Cross-attention maps per step: where in the picture each prompt token is attended to.
 
 Word influence, the counterfactual that needs no attention, lives in sdlab.influence.
 
@@ -59,11 +58,16 @@ class AttentionMaps:
     def map(self, word, step=None, image: int = 0) -> np.ndarray:
         """An H x W map (latent resolution) of where ``word`` (a word, or a token index) is attended to: at one
         user step, a range of steps (``range(5, 10)``), or the whole run (None); non-negative, its maximum 1."""
+        from . import checks
+
         rows = self._index(word)
+        batch = self.calls[0].shape[0] if self.calls else 1
+        image = checks.whole("image", image, low=0, high=batch - 1, hint=" It is the image's index in the batch.")
         if step is None:
             picks = list(range(len(self.calls)))
         else:
-            wanted = set(step) if hasattr(step, "__iter__") else {step}
+            raw = list(step) if isinstance(step, (range, list, tuple)) else [step]
+            wanted = set(checks.wholes("step", raw, low=1, high=checks.MAX_STEPS))
             picks = [i for i, s in enumerate(self.step_of_call) if s in wanted]
             if not picks:
                 raise InvalidArgument(f"step={step!r}: no recorded call belongs to it.", argument="step")
@@ -83,8 +87,9 @@ class AttentionMaps:
 class AttentionRecorder:
     """Installs the read-only hooks for one run and turns what they see into one map per UNet call."""
 
-    def __init__(self, unet, positions: list[int], height: int, width: int, cfg: bool):
-        self.layers = cross_attention_layers(unet)
+    def __init__(self, unet, positions: list[int], height: int, width: int, cfg: bool, batch: int = 1):
+        self.batch = batch
+        self.layers = cross_attention_layers(unet) if positions else []  # (an empty prompt: nothing to map)
         self.positions = torch.as_tensor(positions, dtype=torch.long)
         self.h, self.w, self.cfg = height, width, cfg
         self._sum: torch.Tensor | None = None
@@ -122,7 +127,7 @@ class AttentionRecorder:
     def take(self) -> torch.Tensor | None:
         """The mean attention map of the call that just ended (B, tokens, h, w), float16 on the CPU."""
         if self._sum is None:
-            return None
+            return torch.zeros((self.batch, 0, self.h, self.w), dtype=torch.float16)
         out = (self._sum / self._count).to(torch.float16).cpu()
         self._sum, self._count = None, 0
         return out

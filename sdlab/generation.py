@@ -744,7 +744,11 @@ def _attention_recorder(lab, run: Run, settings: Settings, options: RunOptions, 
         raise NotSupported("attention=True: this model's UNet has no cross-attention layers (the teaching model "
                            "computes its denoiser exactly, without attention); look at word influence instead.",
                            argument="attention")
-    if encoded is not None:  # the prompt's own tokens across its chunks (the first text of an edited prompt)
+    if encoded is not None and len({t for _, t in encoded.plan.prompt}) > 1:
+        raise NotSupported("attention=True with prompt editing or alternation: the prompt's tokens change during "
+                           "the run, so one list of words cannot name the maps. Record the texts one at a time "
+                           "(e.g. with sdlab.prompt_schedule to list them).", argument="attention")
+    if encoded is not None:  # the prompt's own tokens across its chunks
         from .prompt_encoding import chunks, _pieces
 
         cut = chunks(pipe.tokenizer, _pieces(encoded.plan.prompt[0][1], encoded.plan.emphasis))
@@ -760,7 +764,7 @@ def _attention_recorder(lab, run: Run, settings: Settings, options: RunOptions, 
     run.attention = AttentionMaps(tokens=words, positions=positions, weights=weights)
     f = pipe.vae_scale_factor
     return AttentionRecorder(pipe.unet, positions, settings.height // f, settings.width // f,
-                             guidance_applies(pipe, settings.cfg))
+                             guidance_applies(pipe, settings.cfg), settings.batch_size)
 
 
 def _size_notes(lab, settings: Settings) -> list[str]:

@@ -52,6 +52,7 @@ class Influence:
     steps: list[int]
     sigmas: dict[int, float]
     maps: dict[str, dict[int, np.ndarray]]
+    prompt: str | None = None  # the prompt of the run it was computed from
 
     def map(self, word: str, step: int) -> np.ndarray:
         if word not in self.maps:
@@ -91,8 +92,21 @@ def word_influence(lab, run, words, steps) -> Influence:
     what the word does; on Stable Diffusion it is the counterfactual an attention map only suggests."""
     from .denoiser import Denoiser
 
-    words = word_list("words", words)
+    words = list(dict.fromkeys(word_list("words", words)))
     steps = step_list("steps", steps, run.settings.steps)
+    if getattr(run, "model", None) != getattr(lab, "source", None):
+        raise InvalidArgument(f"run was made by {run.model!r}, not by this model ({lab.source!r}): word influence "
+                              "re-runs the run's own denoiser. Use the lab that made it.", argument="run")
+    if type(lab.pipe).__name__ != "StableDiffusionPipeline":
+        from .errors import NotSupported
+
+        raise NotSupported(f"Word influence needs sdlab.Denoiser, which supports SD 1.x / 2.x and the teaching model; "
+                           f"this model is a {type(lab.pipe).__name__} (SDXL's added conditioning is not wired). "
+                           "Record its cross-attention maps instead (attention=True).", argument="run")
+    missing = [w for w in words if without_word(run.settings.prompt, w) == run.settings.prompt]
+    if missing:
+        raise InvalidArgument(f"words: {', '.join(map(repr, missing))} {'is' if len(missing) == 1 else 'are'} not in "
+                              f"the prompt {run.settings.prompt!r:.80}; name words it has.", argument="words")
     s = run.settings
 
     def denoiser(prompt: str, k: int):  # the run's reading of its prompts, at step k (prompt editing included)
@@ -107,4 +121,4 @@ def word_influence(lab, run, words, steps) -> Influence:
         x0 = denoiser(s.prompt, k)(x, sigma)
         for w in words:
             maps[w][k] = (x0 - denoiser(without_word(s.prompt, w), k)(x, sigma)).abs().sum(1)[0].float().numpy()
-    return Influence(words=words, steps=list(steps), sigmas=sigmas, maps=maps)
+    return Influence(words=words, steps=list(steps), sigmas=sigmas, maps=maps, prompt=s.prompt)

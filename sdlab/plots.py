@@ -538,7 +538,7 @@ def _overlay(ax, picture: np.ndarray | None, heat: np.ndarray, alpha: float = 0.
 
 
 def _word_grid(rows: list[str], cols: list[int], cell_map, pictures, title: str, col_title, cell: float) -> Drawn:
-    fig = Figure(figsize=(cell * len(cols) + 1.2, cell * len(rows) + 0.6), layout="constrained")
+    fig = Figure(figsize=(max(cell * len(cols) + 1.2, 4.8), cell * len(rows) + 0.6), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(rows), len(cols), squeeze=False))
     images = [[None] * len(cols) for _ in rows]
     for i, word in enumerate(rows):
@@ -607,7 +607,12 @@ def influence_grid(influence, run: Run | None = None, *, cell: float = 1.6) -> D
     if not isinstance(influence, Influence):
         raise WrongType(f"influence must be what lab.word_influence returns, not {type(influence).__name__}.",
                         argument="influence")
-    pictures = _x0_pictures(_run(run), influence.steps) if run is not None else {}
+    if run is not None:
+        run = _run(run)
+        if influence.prompt is not None and run.settings.prompt != influence.prompt:
+            raise InvalidArgument("run is not the run this influence was computed from (its prompt differs); pass "
+                                  "that run, or run=None.", argument="run")
+    pictures = _x0_pictures(run, influence.steps) if run is not None else {}
     return _word_grid(influence.words, influence.steps, influence.map, pictures,
                       "what each word changes in the x0 prediction (word influence)",
                       lambda k: f"step {k}, sigma {influence.sigmas[k]:.2g}", _cell(cell))

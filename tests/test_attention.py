@@ -61,9 +61,11 @@ def toy_run(toy):
 
 
 def test_a_word_the_model_ignores_has_no_influence(toy, toy_run):
-    got = toy.word_influence(toy_run, ["zebra", "blue"], steps=[1, 5, 9])  # unknown, and not in the prompt
-    for w in ("zebra", "blue"):
-        assert all(float(got.map(w, k).sum()) == 0.0 for k in got.steps), w
+    got = toy.word_influence(toy_run, ["zebra"], steps=[1, 5, 9])  # in the prompt, outside the toy's vocabulary
+    assert all(float(got.map("zebra", k).sum()) == 0.0 for k in got.steps)
+    with pytest.raises(sdlab.InvalidArgument, match="not in the prompt") as err:  # a word the prompt does not have
+        toy.word_influence(toy_run, ["blue"], steps=[1])
+    assert err.value.argument == "words"
 
 
 def test_a_colour_words_influence_lies_on_the_pictures_shape(toy, toy_run):
@@ -106,3 +108,39 @@ def test_the_viewer_lays_a_words_map_over_the_step(lab):
 def test_weighted_words_carry_their_a1111_weight(lab):
     run = lab.generate("a (b:1.5) c", attention=True, **SMALL)
     assert run.attention.tokens == ["a", "b", "c"] and run.attention.labels() == ["a", "(b:1.5)", "c"]
+
+
+def test_what_the_word_maps_trial_found(lab, toy, toy_run):
+    # an empty prompt (the Studio's default) records no tokens and the run completes
+    empty = lab.generate("", attention=True, **SMALL)
+    assert empty.attention.tokens == [] and empty.attention.calls[0].shape[1] == 0 and empty.image is not None
+    # prompt editing changes the tokens during the run: refused, saying why
+    with pytest.raises(sdlab.NotSupported, match="prompt editing") as err:
+        lab.generate("[a:b:0.5]", attention=True, **SMALL)
+    assert err.value.argument == "attention"
+    # map() checks image and step by name
+    run = lab.generate("a b", attention=True, batch_size=2, **SMALL)
+    for kwargs, name in ((dict(image=5), "image"), (dict(image="x"), "image"), (dict(step=True), "step")):
+        with pytest.raises(sdlab.SdlabError) as err:
+            run.attention.map("a", **kwargs)
+        assert err.value.argument == name, kwargs
+    # without CFG, and with two calls a step, the image stays the same too
+    for extra in (dict(cfg=1.0), dict(sampler="Heun")):
+        a = lab.generate("a b", **SMALL, **extra)
+        b = lab.generate("a b", attention=True, **SMALL, **extra)
+        assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0])), extra
+    # influence: a run of another model, a grid with another run, SDXL: refused with the argument named
+    with pytest.raises(sdlab.InvalidArgument) as err:
+        lab.word_influence(toy_run, ["red"], steps=[1])
+    assert err.value.argument == "run"
+    from sdlab import plots
+
+    inf = toy.word_influence(toy_run, ["red"], steps=[2])
+    with pytest.raises(sdlab.InvalidArgument) as err:
+        plots.influence_grid(inf, toy.generate("a blue star", steps=3, seed=1, width=64, height=64))
+    assert err.value.argument == "run"
+    xl = sdlab.load("tiny-sdxl")
+    xl.pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(sdlab.NotSupported) as err:
+        xl.word_influence(xl.generate("a b", sampler="Euler", **SMALL), ["a"], steps=[1])
+    assert err.value.argument == "run"
