@@ -476,11 +476,10 @@ class _Tap:
         switch = None
         if self.encoded is not None:
             rec.prompt, rec.negative_prompt = self.encoded.plan.texts_at(i)
-        if not self.cfg_on:  # without guidance the negative prompt conditions nothing
-            rec.negative_prompt = None
-        if self.encoded is not None:
             if self.encoded.plan.edits and i + 1 < plan.nfe and self.encoded.entries(i + 1) != self.encoded.entries(i):
                 switch = self._embeds(pipe, i + 1)  # prompt editing: the next call's conditioning
+        if not self.cfg_on:  # without guidance the negative prompt conditions nothing
+            rec.negative_prompt = None
         run.records.append(rec)
         if self.recorder is not None:
             run.attention.calls.append(self.recorder.take())

@@ -203,12 +203,20 @@ def _metadata(file, name: str) -> dict:
                          "or A1111, a PIL image, or the infotext itself as a string.", argument="source") from exc
 
 
-def _field(key: str, value: str, convert):
+def _field(key: str, value: str, convert, kind: str | None = None):
+    """An infotext field's value converted (int, float, or a checker of names), or an error naming the field."""
     try:
         return convert(value)
     except (TypeError, ValueError, OverflowError):
-        kind = "a whole number" if convert is int else "a number"
-        raise InvalidArgument(f"The infotext's '{key}: {value}' is not {kind}; correct or remove that field.") from None
+        kind = kind or ("a whole number" if convert is int else "a number")
+        raise InvalidArgument(f"The infotext's '{key}: {value}' is not {kind}; correct or remove that field.",
+                              argument="text") from None
+
+
+def _size(value: str) -> tuple[int, int] | None:
+    """(width, height) of an infotext's "WxH", or None when it is not one."""
+    m = _RE_SIZE.match(value)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def parse_infotext(text: str) -> Settings:
@@ -257,9 +265,8 @@ def parse_infotext(text: str) -> Settings:
             settings["cfg"] = _field(key, value, float)
         elif key == "Seed":
             settings["seed"] = _field(key, value, int)
-        elif key == "Size" and _RE_SIZE.match(value):
-            w, h = _RE_SIZE.match(value).groups()
-            settings["width"], settings["height"] = int(w), int(h)
+        elif key == "Size" and _size(value):
+            settings["width"], settings["height"] = _size(value)
         elif key == "Batch size":
             settings["batch_size"] = _field(key, value, int)
         elif key == "Eta":
@@ -267,31 +274,22 @@ def parse_infotext(text: str) -> Settings:
         elif key == "RNG":
             from .rng import source_name
 
-            try:
-                settings["rng"] = source_name(value)
-            except SdlabError:
-                raise InvalidArgument(f"The infotext's 'RNG: {value}' is not one of A1111's random sources (CPU, GPU, "
-                                      "NV); correct or remove that field.", argument="text") from None
+            settings["rng"] = _field(key, value, source_name, "one of A1111's random sources (CPU, GPU, NV)")
         elif key == "ENSD":
             settings["ensd"] = _field(key, value, int)
         elif key == "Variation seed":
             settings["subseed"] = _field(key, value, int)
         elif key == "Variation seed strength":
             settings["subseed_strength"] = _field(key, value, float)
-        elif key == "Seed resize from" and _RE_SIZE.match(value):
-            w, h = _RE_SIZE.match(value).groups()
-            settings["seed_resize_from"] = (int(w), int(h))
+        elif key == "Seed resize from" and _size(value):
+            settings["seed_resize_from"] = _size(value)
         elif key == "Clip skip":
             settings["clip_skip"] = _field(key, value, int)
-        elif key == "Emphasis":
+        elif key == "Emphasis":  # A1111's name ("No norm") -> sdlab's ("no_norm")
             from .prompt_syntax import emphasis_mode
 
-            try:
-                settings["emphasis"] = emphasis_mode(value)  # A1111's name ("No norm") -> sdlab's ("no_norm")
-            except SdlabError:
-                raise InvalidArgument(f"The infotext's 'Emphasis: {value}' is not one of A1111's emphasis modes "
-                                      "(Original, No norm, Ignore, None); correct or remove that field.",
-                                      argument="text") from None
+            settings["emphasis"] = _field(key, value, emphasis_mode,
+                                          "one of A1111's emphasis modes (Original, No norm, Ignore, None)")
         elif _schedule_param(key) is not None and _number(value) is not None:
             schedule_params[_schedule_param(key)] = _number(value)
         else:
